@@ -1,0 +1,200 @@
+"""Small, named fixes for defects of moto 5.2.5's Step Functions engine.
+
+One fix per defect (see ../shared/ENGINE_NOTES.md). Each can be applied and
+reverted, so its test can show the defect without it and the behaviour with it;
+when a newer moto no longer has the defect, that test says so.
+"""
+from __future__ import annotations
+
+import functools
+import re
+import sys
+import threading
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import botocore.session
+import moto
+
+__all__ = ["Fix", "FIXES", "apply_all", "MOTO_VERSION"]
+
+#: The moto version these fixes were written for (pinned in pyproject.toml).
+MOTO_VERSION = "5.2.5"
+
+
+@dataclass
+class Fix:
+    """A patch of named attributes, applied and reverted as a unit."""
+
+    name: str
+    defect: str
+    _patch: Callable[[], list[tuple[Any, str, Any]]]
+    _saved: list[tuple[Any, str, Any]] = field(default_factory=list)
+
+    @property
+    def applied(self) -> bool:
+        return bool(self._saved)
+
+    def apply(self) -> None:
+        if self.applied:
+            return
+        for owner, attr, new in self._patch():
+            self._saved.append((owner, attr, owner.__dict__.get(attr)))
+            setattr(owner, attr, new)
+
+    def revert(self) -> None:
+        for owner, attr, old in reversed(self._saved):
+            setattr(owner, attr, old)
+        self._saved.clear()
+
+
+# --- service request/response normalisation -------------------------------------------
+
+@functools.cache
+def _service_model(service: str):
+    return botocore.session.get_session().get_service_model(service)
+
+
+def _operation(task, boto_service_name: str | None, action: str | None):
+    """The botocore operation model of a Task's API action (startExecution -> StartExecution)."""
+    service = _service_model(task._get_boto_service_name(boto_service_name))
+    wanted = (action or task.resource.api_action).replace("_", "").lower()
+    for op_name in service.operation_names:
+        if op_name.lower() == wanted:
+            return service.operation_model(op_name)
+    return None
+
+
+def _patch_normalisation():
+    from moto.stepfunctions.parser.asl.component.state.exec.state_task.service.state_task_service import (
+        StateTaskService,
+    )
+
+    def _normalise_parameters(self, parameters, boto_service_name=None, service_action_name=None):
+        # ASL writes request members in PascalCase (StateMachineArn); boto's model may
+        # spell them otherwise (stateMachineArn). Map them through the service model.
+        op = _operation(self, boto_service_name, service_action_name)
+        if op is not None and op.input_shape is not None:
+            self._to_boto_request(parameters, op.input_shape)
+
+    def _normalise_response(self, response, boto_service_name=None, service_action_name=None):
+        # ...and responses back to the PascalCase the ASL reads (executionArn -> ExecutionArn).
+        op = _operation(self, boto_service_name, service_action_name)
+        if op is not None and op.output_shape is not None:
+            self._from_boto_response(response, op.output_shape)
+
+    return [(StateTaskService, "_normalise_parameters", _normalise_parameters),
+            (StateTaskService, "_normalise_response", _normalise_response)]
+
+
+# --- nameless StartExecution -------------------------------------------------------------
+
+def _patch_execution_name():
+    from moto.stepfunctions.parser.models import StepFunctionsParserBackend
+
+    original = StepFunctionsParserBackend.start_execution
+
+    def start_execution(self, state_machine_arn, name=None, execution_input=None, trace_header=None):
+        # AWS names a nameless execution with a UUID; the engine used the literal "None".
+        return original(self, state_machine_arn, name or str(uuid.uuid4()), execution_input, trace_header)
+
+    return [(StepFunctionsParserBackend, "start_execution", start_execution)]
+
+
+# --- atomic conditional writes -------------------------------------------------------------
+
+_WRITE_LOCK = threading.RLock()
+
+
+def _patch_atomic_writes():
+    from moto.dynamodb.models import DynamoDBBackend
+
+    def serialised(method):
+        @functools.wraps(method)
+        def wrapper(*args, **kwargs):
+            # DynamoDB evaluates a condition and writes atomically; the engine checked
+            # and wrote without a lock, so two racing executions could both win.
+            with _WRITE_LOCK:
+                return method(*args, **kwargs)
+        return wrapper
+
+    return [(DynamoDBBackend, m, serialised(getattr(DynamoDBBackend, m)))
+            for m in ("put_item", "update_item", "delete_item", "transact_write_items")]
+
+
+# --- definite paths through an array index ------------------------------------------
+
+_DEFINITE_PATH = re.compile(r"\$(?:\.[A-Za-z_][A-Za-z0-9_-]*|\[\d+\]|\['[^'\\]*'\])*")
+
+
+def _patch_definite_paths():
+    from jsonpath_ng.ext import parse
+
+    import moto.stepfunctions.parser.asl.parse.asl_parser  # noqa: F401 (loads every component)
+    import moto.stepfunctions.parser.models  # noqa: F401
+    from moto.stepfunctions.parser.asl.utils import json_path
+
+    original = json_path.extract_json
+
+    def extract_json(path, data):
+        # A definite path (fields and literal indexes only) names one node, and AWS
+        # returns that node: `$[0].body` is the body string. The engine wrapped any
+        # value reached through an index in a list, so IsString on it was false.
+        if _DEFINITE_PATH.fullmatch(path):
+            matches = parse(path).find(data)
+            if len(matches) == 1:
+                return matches[0].value
+        return original(path, data)
+
+    # rebind the name in every engine module that imported it
+    return [(module, "extract_json", extract_json)
+            for name, module in list(sys.modules.items())
+            if name.startswith("moto.stepfunctions.parser") and module is not None
+            and module.__dict__.get("extract_json") is original]
+
+
+# --- a definition parsed once, not per execution -----------------------------------------
+
+def _patch_program_cache():
+    from moto.stepfunctions.parser.asl.parse.asl_parser import AmazonStateLanguageParser
+    from moto.stepfunctions.parser.backend.execution_worker import ExecutionWorker
+
+    @functools.lru_cache(maxsize=64)
+    def program(definition: str):
+        return AmazonStateLanguageParser.parse(definition)[0]
+
+    def _get_evaluation_entrypoint(self):
+        # The parsed program is an immutable tree (executions keep their state in their
+        # Environment), so one parse serves every execution of a definition.
+        return program(self._evaluation_details.state_machine_details.definition)
+
+    return [(ExecutionWorker, "_get_evaluation_entrypoint", _get_evaluation_entrypoint)]
+
+
+FIXES: dict[str, Fix] = {f.name: f for f in [
+    Fix("service_normalisation",
+        "states:startExecution fails with States.Runtime 'StateMachineArn': request/response "
+        "normalisation through the service model is stubbed out.", _patch_normalisation),
+    Fix("execution_name_default",
+        "StartExecution without a name gets the literal name 'None', so a second one collides.",
+        _patch_execution_name),
+    Fix("atomic_conditional_writes",
+        "DynamoDB conditional writes check then write without a lock: concurrent lock "
+        "acquisitions can both succeed.", _patch_atomic_writes),
+    Fix("definite_index_paths",
+        "A definite JSONPath through an index ($[0].body) yields a one-element list, so Choice "
+        "rules such as IsString on it are false where AWS reads the value.", _patch_definite_paths),
+    Fix("program_cache",
+        "Performance: every execution re-parses its definition with ANTLR (~0.4 s for the "
+        "intake), dwarfing the run itself.", _patch_program_cache),
+]}
+
+
+def apply_all() -> None:
+    """Apply every fix (idempotent); refuse a moto the fixes were not written for."""
+    if moto.__version__ != MOTO_VERSION:
+        raise RuntimeError(f"engine fixes are written for moto {MOTO_VERSION}, found {moto.__version__}")
+    for fix in FIXES.values():
+        fix.apply()

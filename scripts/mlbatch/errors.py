@@ -1,0 +1,58 @@
+"""Every custom error name the state machines raise, with its meaning and recovery.
+
+The test suite checks that every ``Fail.Error`` and ``ErrorEquals`` in the
+rendered ASL is either a ``States.*`` name or listed here.
+"""
+from __future__ import annotations
+
+__all__ = ["ERRORS", "SERVICE_ERRORS"]
+
+#: name -> (meaning, what the operator does)
+ERRORS: dict[str, tuple[str, str]] = {
+    "Intake.InvalidInput": (
+        "The event is none of the accepted shapes (normalized, SQS record, SNS envelope, "
+        "one-record Pipes batch), a field has the wrong type, or a body/Message is not a JSON object.",
+        "Fix the producer; replay the corrected event (normalized shape) from the console.",
+    ),
+    "Intake.InvalidS3Key": (
+        "The S3 path is not org1/org2/project/YYYY/MM/dd/mini_batch_id/file "
+        "(8 non-empty segments, a real date, years 1900-2399).",
+        "Fix the key in the event; replay it. Nothing was locked or started.",
+    ),
+    "Intake.InvalidTimestamp": (
+        "The timestamp is not YYYY-MM-DDTHH:MM:SS[.fraction](Z|+00:00|nothing), uses another "
+        "offset, or names an instant that does not exist.",
+        "Send the batch timestamp in UTC; replay. Nothing was locked or started.",
+    ),
+    "Config.ProjectNotFound": (
+        "No item for the project in the project-defaults table.",
+        "Add the project's defaults item, then replay the event (same input).",
+    ),
+    "Config.InvalidProjectDefaults": (
+        "The project's defaults item lacks feature_spec_version or a complete "
+        "traffic_input.field_mapping (all five canonical fields, as strings), or the version holds '#'.",
+        "Correct the item, then replay the event (same input).",
+    ),
+    "Intake.WindowCollision": (
+        "Another mini-batch of the same project already holds the lock for this exact window key "
+        "(same timestamp to the second). Suppressing it would lose data.",
+        "Inspect both batches (the cause names them); re-emit this batch with its own timestamp, "
+        "or merge it upstream. The existing lock is untouched.",
+    ),
+    "Intake.PipelineStartFailed": (
+        "The lock was taken but starting the pipeline failed; the lock was released "
+        "(deleted if new, set FAILED if re-acquired).",
+        "Check the cause (quota, permissions, missing pipeline); replay the event.",
+    ),
+}
+
+#: Service errors the ASL names in Retry/Catch (raised by AWS, not by us).
+SERVICE_ERRORS: frozenset[str] = frozenset({
+    "DynamoDB.ConditionalCheckFailedException",
+    "DynamoDB.ProvisionedThroughputExceededException",
+    "DynamoDB.ThrottlingException",
+    "DynamoDB.RequestLimitExceeded",
+    "DynamoDB.InternalServerErrorException",
+    "StepFunctions.ThrottlingException",
+    "StepFunctions.ExecutionLimitExceededException",
+})

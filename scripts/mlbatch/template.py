@@ -1,0 +1,127 @@
+"""template.yaml as the harness sees it: resources, key schemas and DefinitionSubstitutions.
+
+Read with cfn-lint's decoder (it understands !Ref, !Sub, !GetAtt); resolved for
+the small subset of intrinsics the template uses, so the local resources are
+built from the same declarations that `sam deploy` deploys.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from cfnlint.decode import decode
+
+from .settings import REGION, ROOT
+
+__all__ = ["Template", "load", "ACCOUNT"]
+
+ACCOUNT = "123456789012"
+_SUB = re.compile(r"\$\{([A-Za-z0-9:._]+)\}")
+
+
+@dataclass
+class Template:
+    path: Path
+    doc: dict[str, Any]
+    parameters: dict[str, str] = field(default_factory=dict)
+    region: str = REGION
+    account: str = ACCOUNT
+
+    def resources(self, type_: str) -> dict[str, dict[str, Any]]:
+        return {k: v for k, v in self.doc["Resources"].items() if v["Type"] == type_}
+
+    @property
+    def tables(self) -> dict[str, dict[str, Any]]:
+        return self.resources("AWS::DynamoDB::Table")
+
+    @property
+    def state_machines(self) -> dict[str, dict[str, Any]]:
+        return self.resources("AWS::Serverless::StateMachine")
+
+    # physical names: the logical id, as a stack would prefix it, minus the random suffix
+    def physical_name(self, logical: str) -> str:
+        props = self.doc["Resources"][logical].get("Properties", {})
+        explicit = props.get("TableName") or props.get("Name")
+        return self.resolve(explicit) if explicit else f"mlbatch-{logical}"
+
+    def arn(self, logical: str) -> str:
+        kind = self.doc["Resources"][logical]["Type"]
+        name = self.physical_name(logical)
+        if kind == "AWS::DynamoDB::Table":
+            return f"arn:aws:dynamodb:{self.region}:{self.account}:table/{name}"
+        if kind == "AWS::Serverless::StateMachine":
+            return f"arn:aws:states:{self.region}:{self.account}:stateMachine:{name}"
+        raise KeyError(f"no ARN rule for {kind} ({logical})")
+
+    def _ref(self, name: str) -> str:
+        pseudo = {"AWS::Partition": "aws", "AWS::Region": self.region, "AWS::AccountId": self.account,
+                  "AWS::StackName": "mlbatch"}
+        if name in pseudo:
+            return pseudo[name]
+        if name in self.parameters:
+            return self.parameters[name]
+        if name in self.doc.get("Parameters", {}):
+            default = self.doc["Parameters"][name].get("Default")
+            if default is None:
+                raise KeyError(f"parameter {name} has no default and no value was given")
+            return str(default)
+        kind = self.doc["Resources"][name]["Type"]
+        return self.arn(name) if kind == "AWS::Serverless::StateMachine" else self.physical_name(name)
+
+    def _get_att(self, logical: str, attr: str) -> str:
+        if attr == "Arn":
+            return self.arn(logical)
+        if attr == "Name":
+            return self.physical_name(logical)
+        raise KeyError(f"GetAtt {logical}.{attr} is not supported by the harness")
+
+    def resolve(self, value: Any) -> Any:
+        """Resolve Ref / Sub / GetAtt in a template value."""
+        if isinstance(value, str):
+            return value
+        if isinstance(value, list):
+            return [self.resolve(v) for v in value]
+        if isinstance(value, dict) and len(value) == 1:
+            (fn, arg), = value.items()
+            if fn == "Ref":
+                return self._ref(arg)
+            if fn == "Fn::GetAtt":
+                logical, attr = arg if isinstance(arg, list) else arg.split(".", 1)
+                return self._get_att(logical, attr)
+            if fn == "Fn::Sub":
+                text, local = (arg, {}) if isinstance(arg, str) else (arg[0], arg[1])
+
+                def sub(m: re.Match) -> str:
+                    name = m.group(1)
+                    if name in local:
+                        return self.resolve(local[name])
+                    if "." in name and not name.startswith("AWS::"):
+                        return self._get_att(*name.split(".", 1))
+                    return self._ref(name)
+                return _SUB.sub(sub, text)
+        if isinstance(value, dict):
+            return {k: self.resolve(v) for k, v in value.items()}
+        raise ValueError(f"cannot resolve {value!r}")
+
+    def substitutions(self, logical: str) -> dict[str, str]:
+        props = self.state_machines[logical]["Properties"]
+        return {k: self.resolve(v) for k, v in props.get("DefinitionSubstitutions", {}).items()}
+
+    def definition_path(self, logical: str) -> Path:
+        return self.path.parent / self.state_machines[logical]["Properties"]["DefinitionUri"]
+
+    def definition(self, logical: str) -> str:
+        """The ASL with its ${Name} placeholders substituted, as CloudFormation does."""
+        subs = self.substitutions(logical)
+        text = self.definition_path(logical).read_text()
+        return re.sub(r"\$\{([A-Za-z0-9_]+)\}", lambda m: subs[m.group(1)], text)
+
+
+def load(path: Path | None = None, parameters: dict[str, str] | None = None) -> Template:
+    path = path or ROOT / "template.yaml"
+    doc, matches = decode(str(path))
+    if doc is None:
+        raise ValueError(f"{path} does not parse: {matches}")
+    return Template(path=path, doc=doc, parameters=dict(parameters or {}))
