@@ -137,13 +137,14 @@ def _patch_definite_paths():
     from moto.stepfunctions.parser.asl.utils import json_path
 
     original = json_path.extract_json
+    compiled = functools.lru_cache(maxsize=4096)(parse)
 
     def extract_json(path, data):
         # A definite path (fields and literal indexes only) names one node, and AWS
         # returns that node: `$[0].body` is the body string. The engine wrapped any
         # value reached through an index in a list, so IsString on it was false.
         if _DEFINITE_PATH.fullmatch(path):
-            matches = parse(path).find(data)
+            matches = compiled(path).find(data)
             if len(matches) == 1:
                 return matches[0].value
         return original(path, data)

@@ -1,0 +1,37 @@
+"""Shared fixtures: one embedded engine with template.yaml deployed, per test session."""
+from __future__ import annotations
+
+import copy
+
+import pytest
+
+from mlbatch.render import environment, render_text
+from mlbatch.sandbox import Sandbox, load_event
+from mlbatch.settings import ROOT
+
+
+@pytest.fixture(scope="session")
+def sandbox():
+    with Sandbox() as sb:
+        sb.put_defaults(load_event("project_defaults"))
+        yield sb
+
+
+@pytest.fixture
+def stack(sandbox):
+    """The session sandbox with an empty lock ledger."""
+    sandbox.clear_locks()
+    yield sandbox
+
+
+@pytest.fixture
+def event():
+    """A fresh copy of the example live event (normalized shape)."""
+    return copy.deepcopy(load_event("live_event"))
+
+
+@pytest.fixture(scope="session")
+def window_machine(sandbox):
+    """Test-only machine: the window macros mapped over $.timestamps."""
+    env = environment([ROOT / "tests" / "machines"])
+    return sandbox.engine.create_machine("window-map", render_text("window_map.asl.json.j2", env))
