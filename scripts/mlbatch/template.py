@@ -112,9 +112,9 @@ class Template:
     def definition_path(self, logical: str) -> Path:
         return self.path.parent / self.state_machines[logical]["Properties"]["DefinitionUri"]
 
-    def definition(self, logical: str) -> str:
+    def definition(self, logical: str, overrides: dict[str, str] | None = None) -> str:
         """The ASL with its ${Name} placeholders substituted, as CloudFormation does."""
-        subs = self.substitutions(logical)
+        subs = {**self.substitutions(logical), **(overrides or {})}
         text = self.definition_path(logical).read_text()
         return re.sub(r"\$\{([A-Za-z0-9_]+)\}", lambda m: subs[m.group(1)], text)
 

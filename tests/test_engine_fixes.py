@@ -1,0 +1,164 @@
+"""Each engine fix: the defect shows without it, the behaviour is right with it.
+
+When a newer moto no longer has a defect, the "without" test fails with a message
+saying the fix can go.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import threading
+import time
+
+import boto3
+import pytest
+
+from mlbatch.engine import fixes
+
+
+@contextlib.contextmanager
+def without(name: str):
+    fix = fixes.FIXES[name]
+    fix.revert()
+    try:
+        yield
+    finally:
+        fix.apply()
+
+
+def no_longer_needed(name: str):
+    pytest.fail(f"moto {fixes.MOTO_VERSION}'s defect behind fix {name!r} did not show: "
+                "the fix (and this test) can be removed")
+
+
+def machine(sandbox, name, definition):
+    existing = {m["name"]: m["stateMachineArn"] for m in sandbox.engine.sfn.list_state_machines()["stateMachines"]}
+    return existing.get(name) or sandbox.engine.create_machine(name, definition)
+
+
+START_CHILD = {
+    "StartAt": "Start the child",
+    "States": {"Start the child": {
+        "Type": "Task", "Resource": "arn:aws:states:::states:startExecution",
+        "Parameters": {"StateMachineArn.$": "$.child", "Input": {"hello": "world"}},
+        "ResultSelector": {"arn.$": "$.ExecutionArn"}, "End": True}},
+}
+CHILD = {"StartAt": "Done", "States": {"Done": {"Type": "Pass", "End": True}}}
+
+
+def test_service_normalisation_lets_startexecution_run(sandbox):
+    child = machine(sandbox, "fix-child", CHILD)
+    parent = machine(sandbox, "fix-parent", START_CHILD)
+
+    with without("service_normalisation"):
+        broken = sandbox.engine.run(parent, {"child": child})
+    fixed = sandbox.engine.run(parent, {"child": child})
+
+    if broken.status == "SUCCEEDED":
+        no_longer_needed("service_normalisation")
+    assert broken.error == "States.Runtime"
+    assert fixed.status == "SUCCEEDED", fixed.cause
+    assert fixed.output["arn"].startswith(child.replace(":stateMachine:", ":execution:"))
+
+
+def test_execution_name_default_is_unique(sandbox):
+    child = machine(sandbox, "fix-child", CHILD)
+    with without("execution_name_default"):
+        arn = sandbox.engine.start(child, {})
+    if not arn.endswith(":None"):
+        no_longer_needed("execution_name_default")
+
+    first, second = sandbox.engine.start(child, {}), sandbox.engine.start(child, {})
+    assert first != second and not first.endswith(":None")
+
+
+def _race(sandbox, table, slow_read, key) -> int:
+    """Two conditional writers race for one absent key; how many win?"""
+    from moto.dynamodb.models.table import Table
+
+    original = Table.get_item
+
+    def get_item(self, *args, **kwargs):
+        item = original(self, *args, **kwargs)
+        time.sleep(slow_read)  # widen the check-then-write window the defect leaves open
+        return item
+    wins, guard = [], threading.Lock()
+
+    def writer():
+        client = boto3.client("dynamodb", region_name="us-east-1")
+        try:
+            client.update_item(TableName=table, Key={"lock_key": {"S": key}},
+                               UpdateExpression="SET #s = :s", ConditionExpression="attribute_not_exists(lock_key)",
+                               ExpressionAttributeNames={"#s": "status"},
+                               ExpressionAttributeValues={":s": {"S": "IN_PROGRESS"}})
+            with guard:
+                wins.append(1)
+        except client.exceptions.ConditionalCheckFailedException:
+            pass
+    Table.get_item = get_item
+    try:
+        threads = [threading.Thread(target=writer) for _ in range(2)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    finally:
+        Table.get_item = original
+    return len(wins)
+
+
+def test_atomic_conditional_writes_let_one_writer_win(stack):
+    table = stack.table("LockTable")
+    with without("atomic_conditional_writes"):
+        unfixed = _race(stack, table, 0.2, "race#unfixed")
+    if unfixed == 1:
+        no_longer_needed("atomic_conditional_writes")
+    assert unfixed == 2
+    assert _race(stack, table, 0.2, "race#fixed") == 1
+
+
+def test_definite_index_paths_read_the_value(sandbox):
+    choice = machine(sandbox, "fix-index-path", {
+        "StartAt": "Is the first body a string?",
+        "States": {
+            "Is the first body a string?": {"Type": "Choice", "Choices": [
+                {"Variable": "$[0].body", "IsString": True, "Next": "Yes"}], "Default": "No"},
+            "Yes": {"Type": "Pass", "Result": {"is_string": True}, "End": True},
+            "No": {"Type": "Pass", "Result": {"is_string": False}, "End": True}}})
+    with without("definite_index_paths"):
+        unfixed = sandbox.engine.run(choice, [{"body": "{}"}]).output["is_string"]
+    if unfixed:
+        no_longer_needed("definite_index_paths")
+    assert sandbox.engine.run(choice, [{"body": "{}"}]).output["is_string"] is True
+    assert sandbox.engine.run(choice, [{"body": 5}]).output["is_string"] is False
+
+
+def test_program_cache_parses_a_definition_once(sandbox, monkeypatch):
+    from moto.stepfunctions.parser.asl.parse import asl_parser
+
+    calls = []
+    original = asl_parser.AmazonStateLanguageParser.parse
+    monkeypatch.setattr(asl_parser.AmazonStateLanguageParser, "parse",
+                        staticmethod(lambda d: calls.append(d) or original(d)))
+    unique = json.dumps({**CHILD, "Comment": f"cache probe {time.time_ns()}"})
+    child = sandbox.engine.create_machine(f"fix-cache-{time.time_ns()}", unique)
+    calls.clear()
+
+    with without("program_cache"):
+        for _ in range(2):
+            sandbox.engine.run(child, {})
+    unfixed = calls.count(unique)
+    calls.clear()
+    results = [sandbox.engine.run(child, {"n": n}) for n in range(3)]
+
+    if unfixed < 2:
+        no_longer_needed("program_cache")
+    assert calls.count(unique) <= 1
+    assert [r.output for r in results] == [{"n": 0}, {"n": 1}, {"n": 2}]
+
+
+def test_fixes_refuse_another_moto(monkeypatch):
+    import moto
+    monkeypatch.setattr(moto, "__version__", "9.9.9")
+    with pytest.raises(RuntimeError, match="written for moto"):
+        fixes.apply_all()

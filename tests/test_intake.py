@@ -1,0 +1,330 @@
+"""The live intake on the embedded engine: shapes, errors, the lock, and what gets started."""
+from __future__ import annotations
+
+import copy
+import json
+import threading
+
+import pytest
+
+from mlbatch.engine.harness import path, service_calls
+from mlbatch.sandbox import load_event
+
+LOCK_KEY = "traffic-anomaly#fs-2024-06#2024-02-29T23:53:00Z#2024-03-01T00:05:07.123Z"
+BATCH = {
+    "project_name": "traffic-anomaly",
+    "org1": "acme",
+    "org2": "netsec",
+    "mini_batch_id": "mb-000123",
+    "mini_batch_s3_prefix": "s3://mlbatch-example-ingest/acme/netsec/traffic-anomaly/2024/03/01/mb-000123/",
+    "feature_spec_version": "fs-2024-06",
+    "batch_start_ts_iso": "2024-02-29T23:53:00Z",
+    "batch_end_ts_iso": "2024-03-01T00:05:07.123Z",
+    "source": "inference",
+}
+
+
+def started(stack) -> int:
+    return len(stack.pipeline_executions())
+
+
+# --- the happy path ------------------------------------------------------------------------
+
+def test_intake_live_event_starts_one_pipeline_with_the_resolved_batch(stack, event):
+    before = started(stack)
+
+    result = stack.intake(event)
+
+    assert result.status == "SUCCEEDED", result.cause
+    assert result.output == {
+        "status": "STARTED", "batch": BATCH, "lock_key": LOCK_KEY,
+        "pipeline_execution_arn": result.output["pipeline_execution_arn"],
+    }
+    assert started(stack) == before + 1
+    pipeline = stack.engine.sfn.describe_execution(executionArn=result.output["pipeline_execution_arn"])
+    assert json.loads(pipeline["input"]) == {
+        **BATCH, "lock_key": LOCK_KEY,
+        "traffic_input": {
+            "s3_prefix": "s3://mlbatch-example-ingest/acme/netsec/traffic-anomaly/2024/03/01",
+            "field_mapping": load_event("project_defaults")["traffic_input"]["field_mapping"],
+        },
+    }
+    lock = stack.lock(LOCK_KEY)
+    assert {k: lock[k] for k in BATCH if k not in ("org1", "org2")} == {
+        k: v for k, v in BATCH.items() if k not in ("org1", "org2")}
+    assert lock["status"] == "IN_PROGRESS"
+    assert lock["attempts"] == 1
+    assert lock["owner_execution_arn"] == result.arn
+    assert lock["pipeline_execution_arn"] == result.output["pipeline_execution_arn"]
+    assert lock["reason"] == ""
+    assert lock["acquired_at"] == lock["updated_at"]
+
+
+def test_intake_traffic_prefix_and_batch_prefix_name_the_same_folder(stack, event):
+    result = stack.intake(event)
+    pipeline = json.loads(stack.engine.sfn.describe_execution(
+        executionArn=result.output["pipeline_execution_arn"])["input"])
+    assert (pipeline["traffic_input"]["s3_prefix"] + "/" + pipeline["mini_batch_id"] + "/"
+            == pipeline["mini_batch_s3_prefix"])
+
+
+def test_intake_happy_path_history_is_the_documented_sequence(stack, event):
+    result = stack.intake(event)
+
+    events = stack.engine.history(result.arn)
+
+    assert path(events) == [
+        ("Which input shape is the event?", "ChoiceStateEntered"),
+        ("Which input shape is the event?", "ChoiceStateExited"),
+        ("Parse the event", "PassStateEntered"),
+        ("Parse the event", "PassStateExited"),
+        ("Is the event a valid batch?", "ChoiceStateEntered"),
+        ("Is the event a valid batch?", "ChoiceStateExited"),
+        ("Get the project defaults", "TaskStateEntered"),
+        ("Get the project defaults", "TaskStateExited"),
+        ("Are the project defaults valid?", "ChoiceStateEntered"),
+        ("Are the project defaults valid?", "ChoiceStateExited"),
+        ("Compute the window in February 29", "PassStateEntered"),
+        ("Compute the window in February 29", "PassStateExited"),
+        ("Acquire the window lock", "TaskStateEntered"),
+        ("Acquire the window lock", "TaskStateExited"),
+        ("Start the pipeline", "TaskStateEntered"),
+        ("Start the pipeline", "TaskStateExited"),
+    ]
+    assert service_calls(events) == ["dynamodb:getItem", "dynamodb:updateItem", "states:startExecution"]
+
+
+@pytest.mark.parametrize("shape", ["sqs_record", "sns_envelope", "pipes_batch", "pipes_batch_sns_envelope"])
+def test_intake_every_input_shape_resolves_to_the_same_batch(stack, shape):
+    result = stack.intake(load_event(shape))
+
+    assert result.status == "SUCCEEDED", result.cause
+    assert result.output["status"] == "STARTED"
+    assert result.output["batch"] == BATCH
+    assert result.output["lock_key"] == LOCK_KEY
+
+
+def test_intake_bare_key_takes_the_ingestion_bucket(stack, event):
+    event["s3_key"] = event["s3_key"].removeprefix("s3://mlbatch-example-ingest/")
+    result = stack.intake(event)
+    assert result.output["batch"] == BATCH
+
+
+def test_intake_explicit_bucket_is_kept(stack, event):
+    event["s3_key"] = event["s3_key"].replace("mlbatch-example-ingest", "other-bucket")
+    result = stack.intake(event)
+    assert result.output["batch"]["mini_batch_s3_prefix"].startswith("s3://other-bucket/acme/")
+
+
+# --- the lock -----------------------------------------------------------------------------
+
+def test_intake_redelivered_event_is_suppressed(stack, event):
+    first = stack.intake(event)
+    before = started(stack)
+
+    again = stack.intake(load_event("pipes_batch"))
+
+    assert again.status == "SUCCEEDED"
+    assert again.output == {"status": "DUPLICATE_SUPPRESSED", "batch": BATCH, "lock_key": LOCK_KEY}
+    assert started(stack) == before
+    assert stack.lock(LOCK_KEY)["owner_execution_arn"] == first.arn
+
+
+@pytest.mark.parametrize("round_", range(3))
+def test_intake_concurrent_deliveries_start_exactly_one_pipeline(stack, event, round_):
+    event["timestamp"] = f"2024-03-01T00:05:0{round_}.5Z"
+    before = started(stack)
+    arns, lock = [], threading.Lock()
+
+    def deliver():
+        arn = stack.engine.start(stack.arn("IntakeStateMachine"), event)
+        with lock:
+            arns.append(arn)
+    threads = [threading.Thread(target=deliver) for _ in range(50)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    results = [stack.engine.wait(a, timeout=120) for a in arns]
+
+    statuses = sorted(r.output["status"] for r in results)
+    assert statuses == ["DUPLICATE_SUPPRESSED"] * 49 + ["STARTED"]
+    assert started(stack) == before + 1
+
+
+def test_intake_failed_lock_is_reacquired(stack, event):
+    first = stack.intake(event)
+    stack.set_lock({**stack.lock(LOCK_KEY), "status": "FAILED", "error": "Pipeline.BuilderFailed",
+                    "cause": "Delta Builder exited 1"})
+    before = started(stack)
+
+    again = stack.intake(event)
+
+    assert again.output["status"] == "STARTED"
+    assert again.output["pipeline_execution_arn"] != first.output["pipeline_execution_arn"]
+    assert started(stack) == before + 1
+    lock = stack.lock(LOCK_KEY)
+    assert (lock["status"], lock["attempts"], lock["owner_execution_arn"]) == ("IN_PROGRESS", 2, again.arn)
+    assert "error" not in lock and "cause" not in lock
+
+
+def test_intake_succeeded_lock_suppresses_unless_forced(stack, event):
+    stack.intake(event)
+    stack.set_lock({**stack.lock(LOCK_KEY), "status": "SUCCEEDED"})
+    before = started(stack)
+
+    plain = stack.intake(event)
+    forced = stack.intake(load_event("forced_rerun"))
+
+    assert plain.output["status"] == "DUPLICATE_SUPPRESSED"
+    assert forced.output["status"] == "STARTED"
+    assert started(stack) == before + 1
+    lock = stack.lock(LOCK_KEY)
+    assert lock["status"] == "IN_PROGRESS"
+    assert lock["reason"] == load_event("forced_rerun")["reason"]
+    assert lock["attempts"] == 2
+
+
+def test_intake_in_progress_lock_suppresses_even_when_forced(stack, event):
+    stack.intake(event)
+    before = started(stack)
+
+    forced = stack.intake(load_event("forced_rerun"))
+
+    assert forced.output["status"] == "DUPLICATE_SUPPRESSED"
+    assert started(stack) == before
+    assert stack.lock(LOCK_KEY)["attempts"] == 1
+
+
+def test_intake_force_false_behaves_like_no_force(stack, event):
+    stack.intake(event)
+    stack.set_lock({**stack.lock(LOCK_KEY), "status": "SUCCEEDED"})
+    result = stack.intake({**event, "force": False, "reason": "just checking"})
+    assert result.output["status"] == "DUPLICATE_SUPPRESSED"
+
+
+# --- errors: each named, none leaves a lock or starts anything -------------------------------
+
+def _key(event, **parts):
+    segs = event["s3_key"].removeprefix("s3://").split("/")
+    names = ["bucket", "org1", "org2", "project", "yyyy", "mm", "dd", "batch", "file"]
+    d = dict(zip(names, segs), **parts)
+    return "s3://" + "/".join(d[n] for n in names)
+
+
+LIVE = load_event("live_event")
+BAD_EVENTS = [
+    ("Intake.InvalidInput", {}),
+    ("Intake.InvalidInput", "just a string"),
+    ("Intake.InvalidInput", 42),
+    ("Intake.InvalidInput", []),
+    ("Intake.InvalidInput", {"s3_key": LIVE["s3_key"]}),
+    ("Intake.InvalidInput", {"s3_key": 7, "timestamp": LIVE["timestamp"]}),
+    ("Intake.InvalidInput", {**LIVE, "force": "yes"}),
+    ("Intake.InvalidInput", {**LIVE, "reason": 5}),
+    ("Intake.InvalidInput", {"body": "not json"}),
+    ("Intake.InvalidInput", {"body": 5}),
+    ("Intake.InvalidInput", {"Type": "Notification", "Message": "plain text"}),
+    ("Intake.InvalidInput", {"Type": "SubscriptionConfirmation", "Message": json.dumps(LIVE)}),
+    ("Intake.InvalidInput", [{"body": json.dumps(LIVE)}, {"body": json.dumps(LIVE)}]),
+    ("Intake.InvalidInput", [{"body": {"s3_key": "x"}}]),
+    ("Intake.InvalidInput", {"body": json.dumps({"hello": "world"})}),
+    ("Intake.InvalidS3Key", {**LIVE, "s3_key": "s3://mlbatch-example-ingest/acme/netsec/traffic-anomaly/2024/03/01/part.json.gz"}),
+    ("Intake.InvalidS3Key", {**LIVE, "s3_key": LIVE["s3_key"] + "/extra"}),
+    ("Intake.InvalidS3Key", {**LIVE, "s3_key": LIVE["s3_key"].replace("/netsec/", "//")}),
+    ("Intake.InvalidS3Key", {**LIVE, "s3_key": LIVE["s3_key"].replace("/netsec/", "/netsec//")}),
+    ("Intake.InvalidS3Key", {**LIVE, "s3_key": LIVE["s3_key"] + "/"}),
+    ("Intake.InvalidS3Key", {**LIVE, "s3_key": "s3:///acme/netsec/traffic-anomaly/2024/03/01/mb/part.json.gz"}),
+    ("Intake.InvalidS3Key", {**LIVE, "s3_key": "/acme/netsec/traffic-anomaly/2024/03/01/mb/part.json.gz"}),
+    ("Intake.InvalidS3Key", {**LIVE, "s3_key": _key(LIVE, dd="30", mm="02")}),
+    ("Intake.InvalidS3Key", {**LIVE, "s3_key": _key(LIVE, yyyy="2023", mm="02", dd="29")}),
+    ("Intake.InvalidS3Key", {**LIVE, "s3_key": _key(LIVE, mm="13")}),
+    ("Intake.InvalidS3Key", {**LIVE, "s3_key": _key(LIVE, mm="3")}),
+    ("Intake.InvalidS3Key", {**LIVE, "s3_key": _key(LIVE, yyyy="24")}),
+    ("Intake.InvalidS3Key", {**LIVE, "s3_key": _key(LIVE, yyyy="1850")}),
+    ("Intake.InvalidS3Key", {**LIVE, "s3_key": ""}),
+    ("Intake.InvalidTimestamp", {**LIVE, "timestamp": "2024-03-01T00:05:07+02:00"}),
+    ("Intake.InvalidTimestamp", {**LIVE, "timestamp": "2024-02-30T00:05:07Z"}),
+    ("Intake.InvalidTimestamp", {**LIVE, "timestamp": "2024-03-01 00:05:07"}),
+    ("Intake.InvalidTimestamp", {**LIVE, "timestamp": ""}),
+    ("Config.ProjectNotFound", {**LIVE, "s3_key": _key(LIVE, project="no-such-project")}),
+    ("Config.InvalidProjectDefaults", {**LIVE, "s3_key": _key(LIVE, project="half-configured")}),
+    ("Config.InvalidProjectDefaults", {**LIVE, "s3_key": _key(LIVE, project="hash-version")}),
+]
+
+
+@pytest.fixture
+def misconfigured(stack):
+    stack.put_defaults({"project_name": "half-configured", "feature_spec_version": "v1",
+                        "traffic_input": {"field_mapping": {"source_ip": "src"}}})
+    stack.put_defaults({**load_event("project_defaults"), "project_name": "hash-version",
+                        "feature_spec_version": "v1#2"})
+    return stack
+
+
+@pytest.mark.parametrize("error, bad", BAD_EVENTS, ids=[f"{e}-{i}" for i, (e, _) in enumerate(BAD_EVENTS)])
+def test_intake_bad_event_fails_with_its_named_error_and_leaves_nothing(misconfigured, error, bad):
+    stack = misconfigured
+    before = started(stack)
+
+    result = stack.intake(bad)
+
+    assert (result.status, result.error) == ("FAILED", error), result.cause
+    assert result.cause and "replay" in result.cause.lower()
+    assert stack.locks() == []
+    assert started(stack) == before
+
+
+def test_intake_other_mini_batch_in_the_same_window_is_a_collision(stack, event):
+    first = stack.intake(event)
+    other = copy.deepcopy(event)
+    other["s3_key"] = _key(event, batch="mb-000999")
+    before = started(stack)
+
+    result = stack.intake(other)
+
+    assert (result.status, result.error) == ("FAILED", "Intake.WindowCollision")
+    assert "mb-000123" in result.cause and "mb-000999" in result.cause
+    assert stack.lock(LOCK_KEY)["owner_execution_arn"] == first.arn
+    assert started(stack) == before
+
+
+@pytest.fixture
+def intake_without_pipeline(stack):
+    """An intake whose pipeline state machine does not exist: every start fails."""
+    overrides = {k: v.replace("mlbatch-pipeline", "missing-pipeline")
+                 for k, v in stack.template.substitutions("IntakeStateMachine").items()
+                 if k.startswith("Pipeline")}
+    name = "intake-without-pipeline"
+    existing = [m["stateMachineArn"] for m in stack.engine.sfn.list_state_machines()["stateMachines"]
+                if m["name"] == name]
+    return existing[0] if existing else stack.engine.create_machine(
+        name, stack.template.definition("IntakeStateMachine", overrides))
+
+
+def test_intake_failed_start_deletes_a_new_lock(stack, event, intake_without_pipeline):
+    result = stack.engine.run(intake_without_pipeline, event)
+
+    assert (result.status, result.error) == ("FAILED", "Intake.PipelineStartFailed")
+    assert "missing-pipeline" in result.cause
+    assert stack.locks() == []
+
+
+def test_intake_failed_start_returns_a_reacquired_lock_to_failed(stack, event, intake_without_pipeline):
+    stack.intake(event)
+    stack.set_lock({**stack.lock(LOCK_KEY), "status": "FAILED"})
+
+    result = stack.engine.run(intake_without_pipeline, event)
+
+    assert result.error == "Intake.PipelineStartFailed"
+    lock = stack.lock(LOCK_KEY)
+    assert (lock["status"], lock["attempts"], lock["owner_execution_arn"]) == ("FAILED", 2, result.arn)
+    assert lock["error"].startswith("StepFunctions.")
+
+
+def test_intake_malformed_json_body_fails_without_a_lock(stack):
+    # Braced but malformed JSON passes the cheap shape check and fails in
+    # States.StringToJson, which nothing can catch (README: Errors). Nothing is locked.
+    result = stack.intake({"body": "{not json}"})
+    assert result.status == "FAILED"
+    assert stack.locks() == []
