@@ -7,6 +7,7 @@ same calls go to that emulator and nothing is patched.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import time
 from dataclasses import dataclass, field
@@ -68,6 +69,10 @@ class Engine:
             os.environ.setdefault(var, value)
         if not self.endpoint_url:
             from moto import mock_aws
+            # The interpreter logs every caught error (Catch paths included) as a stack of
+            # "Exception=..." lines; the history holds the same facts. MLBATCH_ENGINE_LOG=1 keeps them.
+            if os.environ.get("MLBATCH_ENGINE_LOG") != "1":
+                logging.getLogger("moto.stepfunctions.parser").setLevel(logging.CRITICAL)
             fixes.apply_all()
             self._mock = mock_aws(config={"stepfunctions": {"execute_state_machine": True}})
             self._mock.start()

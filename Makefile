@@ -1,0 +1,48 @@
+# mlbatch - every command sets itself up from the project's own files.
+#   make run    the main job: the intake end to end on the embedded engine
+#   make test   the whole test suite (with every offline validator)
+#   make bench  the benchmark table the README quotes
+
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+TOOLS  := .tools
+
+.PHONY: setup tools run test bench render clean
+
+setup: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[test]'
+	touch $@
+
+# Validators with dependency sets of their own: SAM CLI in its own venv, asl-validator from npm.
+tools: $(TOOLS)/sam/.installed $(TOOLS)/node/.installed
+
+$(TOOLS)/sam/.installed:
+	$(PYTHON) -m venv $(TOOLS)/sam
+	$(TOOLS)/sam/bin/pip install --quiet 'aws-sam-cli>=1.140,<2'
+	touch $@
+
+$(TOOLS)/node/.installed:
+	mkdir -p $(TOOLS)/node
+	cd $(TOOLS)/node && npm install --silent --no-audit --no-fund --no-save 'asl-validator@^4' >/dev/null
+	touch $@
+
+run: setup
+	$(BIN)/mlbatch run
+
+test: setup tools
+	$(BIN)/mlbatch render --check
+	MLBATCH_REQUIRE_TOOLS=1 $(BIN)/python -m pytest
+
+bench: setup
+	$(BIN)/mlbatch bench
+
+render: setup
+	$(BIN)/mlbatch render
+
+clean:
+	rm -rf $(VENV) $(TOOLS) *.egg-info scripts/*.egg-info

@@ -1,0 +1,165 @@
+"""Static checks of the rendered ASL and the template: what no linter checks for us."""
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from jsonpath_ng import parse as jsonpath
+
+from mlbatch import render
+from mlbatch.errors import ERRORS, SERVICE_ERRORS
+from mlbatch.sandbox import load_event, to_item
+from mlbatch.settings import ROOT
+from mlbatch.template import load
+
+ASL_FILES = sorted((ROOT / "asl").glob("*.asl.json"))
+TOOLS = ROOT / ".tools"
+REQUIRE_TOOLS = os.environ.get("MLBATCH_REQUIRE_TOOLS") == "1"
+
+
+def tool(path: Path | str | None, what: str) -> str:
+    if path and Path(path).exists():
+        return str(path)
+    if REQUIRE_TOOLS:
+        pytest.fail(f"{what} is not installed: run `make tools`")
+    pytest.skip(f"{what} is not installed (make tools)")
+
+
+def states(definition: dict):
+    """(name, state) for every state, nested Map/Parallel ones included."""
+    for name, state in definition["States"].items():
+        yield name, state
+        for sub in [state.get("ItemProcessor") or state.get("Iterator")] + state.get("Branches", []):
+            if sub:
+                yield from states(sub)
+
+
+def strings(node):
+    if isinstance(node, dict):
+        for k, v in node.items():
+            yield k, v
+            yield from strings(v)
+    elif isinstance(node, list):
+        for v in node:
+            yield from strings(v)
+
+
+def intrinsic_depth(expr: str) -> int:
+    depth = best = 0
+    in_quote = False
+    for i, c in enumerate(expr):
+        if c == "'" and (i == 0 or expr[i - 1] != "\\"):
+            in_quote = not in_quote
+        elif not in_quote and c == "(" and re.search(r"States\.\w+$", expr[:i]):
+            depth += 1
+            best = max(best, depth)
+        elif not in_quote and c == ")":
+            depth -= 1
+    return best
+
+
+def test_rendered_asl_is_current():
+    stale = render.check()
+    assert not stale, f"run `mlbatch render`: stale {[str(p) for p in stale]}"
+
+
+def test_every_template_has_its_rendered_file():
+    assert {p.name for p in ASL_FILES} == {p.name.removesuffix(".j2") for p in render.TEMPLATES.glob("*.asl.json.j2")}
+
+
+@pytest.mark.parametrize("asl", ASL_FILES, ids=lambda p: p.name)
+def test_statelint_accepts(asl):
+    exe = tool(Path(sys.executable).with_name("statelint"), "statelint")
+    run = subprocess.run([exe, "--ignore=URI,FLOAT", str(asl)], capture_output=True, text=True)
+    assert run.returncode == 0 and not run.stdout.strip(), run.stdout + run.stderr
+
+
+@pytest.mark.parametrize("asl", ASL_FILES, ids=lambda p: p.name)
+def test_asl_validator_accepts(asl):
+    exe = tool(TOOLS / "node" / "node_modules" / ".bin" / "asl-validator", "asl-validator (npm)")
+    run = subprocess.run([exe, "--json-path", str(asl)], capture_output=True, text=True)
+    assert run.returncode == 0, run.stdout + run.stderr
+
+
+def test_substitutions_match_placeholders_both_ways():
+    tpl = load(parameters={"IngestionBucketName": "b"})
+    for logical, res in tpl.state_machines.items():
+        asl = tpl.definition_path(logical)
+        assert asl.exists(), f"{logical}: DefinitionUri {asl} does not exist"
+        used = set(re.findall(r"\$\{([A-Za-z0-9_]+)\}", asl.read_text()))
+        declared = set(res["Properties"].get("DefinitionSubstitutions", {}))
+        assert used == declared, f"{logical}: only in ASL {used - declared}, only in template {declared - used}"
+        assert all(re.fullmatch(r"[A-Z][A-Za-z0-9]+", n) for n in used), "placeholders are PascalCase"
+
+
+@pytest.mark.parametrize("asl", ASL_FILES, ids=lambda p: p.name)
+def test_error_names_are_listed(asl):
+    definition = json.loads(asl.read_text())
+    names = set()
+    for _, state in states(definition):
+        if state["Type"] == "Fail" and "Error" in state:
+            names.add(state["Error"])
+            assert not state["Error"].startswith("States."), "our errors never use the States. prefix"
+        for rule in state.get("Retry", []) + state.get("Catch", []):
+            names.update(rule["ErrorEquals"])
+    unknown = {n for n in names if not n.startswith("States.") and n not in ERRORS and n not in SERVICE_ERRORS}
+    assert not unknown
+
+
+@pytest.mark.parametrize("asl", ASL_FILES, ids=lambda p: p.name)
+def test_asl_is_portable_and_within_aws_limits(asl):
+    text = asl.read_text()
+    definition = json.loads(text)
+    assert len(text.encode()) < 1_048_576, "definition over the 1 MB quota"
+    assert not re.search(r"\b\d{12}\b", text), "no account ids in ASL"
+    assert not re.search(r"arn:aws[a-z-]*:(?!states:::)", text), "no ARNs but integration ARNs in ASL"
+    for name, _ in states(definition):
+        assert len(name) <= 80, name
+    for key, value in strings(definition):
+        if isinstance(key, str) and key.endswith(".$") and isinstance(value, str) and value.startswith("States."):
+            assert intrinsic_depth(value) <= 10, f"{key}: more than 10 nested intrinsics"
+        if key in ("CausePath",) and isinstance(value, str):
+            assert intrinsic_depth(value) <= 10
+
+
+def test_error_table_is_in_the_readme():
+    readme = (ROOT / "README.md").read_text()
+    for name in ERRORS:
+        assert f"`{name}`" in readme, f"README lacks {name}"
+
+
+def test_every_path_the_intake_reads_resolves_against_the_examples():
+    """The example events and defaults item satisfy every path the intake's Choices read."""
+    intake = json.loads((ROOT / "asl" / "intake.asl.json").read_text())
+    defaults = {"defaults": {"Item": to_item(load_event("project_defaults"))}}
+    rules = intake["States"]["Are the project defaults valid?"]["Choices"][1]["Not"]["And"]
+    paths = {r["Variable"] for r in rules if "Variable" in r}
+    paths |= {r["Not"]["Variable"] for r in rules if "Not" in r}
+    assert len(paths) >= 6
+    for p in sorted(paths):
+        assert jsonpath(p).find(defaults), f"{p} does not resolve against tests/events/project_defaults.json"
+    shape_rules = intake["States"]["Which input shape is the event?"]["Choices"]
+    normalized = [r for r in shape_rules if r["Next"] == "Parse the event"][0]["And"]
+    for p in {r["Variable"] for r in normalized if "Variable" in r}:
+        for name in ("live_event", "forced_rerun"):
+            assert jsonpath(p).find(load_event(name)), f"{p} missing in {name}"
+
+
+def test_cfn_lint_accepts_the_template():
+    run = subprocess.run([str(Path(sys.executable).with_name("cfn-lint")), str(ROOT / "template.yaml")],
+                         capture_output=True, text=True, env={**os.environ, "AWS_DEFAULT_REGION": "us-east-1"})
+    assert run.returncode == 0, run.stdout + run.stderr
+
+
+def test_sam_validate_lint_accepts_the_template():
+    exe = tool(TOOLS / "sam" / "bin" / "sam", "SAM CLI")
+    run = subprocess.run([exe, "validate", "--lint", "-t", str(ROOT / "template.yaml")], capture_output=True,
+                         text=True, env={**os.environ, "AWS_DEFAULT_REGION": "us-east-1",
+                                         "SAM_CLI_TELEMETRY": "0"})
+    assert run.returncode == 0, run.stdout + run.stderr
