@@ -19,8 +19,18 @@ def sandbox():
 
 @pytest.fixture
 def stack(sandbox):
-    """The session sandbox with an empty lock ledger."""
+    """The intake on its own: it starts a stand-in pipeline that leaves the lock alone."""
     sandbox.clear_locks()
+    sandbox.use_intake("stand-in")
+    yield sandbox
+    sandbox.use_intake()
+
+
+@pytest.fixture
+def live(sandbox):
+    """The whole flow: the intake starts the real pipeline (builders mocked per test case)."""
+    sandbox.clear_locks()
+    sandbox.use_intake()
     yield sandbox
 
 

@@ -137,7 +137,7 @@ def test_intake_concurrent_deliveries_start_exactly_one_pipeline(stack, event, r
     arns, lock = [], threading.Lock()
 
     def deliver():
-        arn = stack.engine.start(stack.arn("IntakeStateMachine"), event)
+        arn = stack.engine.start(stack.intake_arn, event)
         with lock:
             arns.append(arn)
     threads = [threading.Thread(target=deliver) for _ in range(50)]

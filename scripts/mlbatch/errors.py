@@ -44,6 +44,27 @@ ERRORS: dict[str, tuple[str, str]] = {
         "(deleted if new, set FAILED if re-acquired).",
         "Check the cause (quota, permissions, missing pipeline); replay the event.",
     ),
+    "Pipeline.InvalidInput": (
+        "The pipeline was started with an input lacking a required field (it is meant to be "
+        "started by the intake or the backfill). Its lock, if any, is released by lock_release.",
+        "Replay the intake event (or backfill unit) instead of starting the pipeline by hand.",
+    ),
+    "Pipeline.BuildFailed": (
+        "A builder job failed, or a call around it did (the cause carries the job's error and "
+        "FailureReason). The lock is FAILED with that error and cause.",
+        "Fix the builder or its input; redeliver or replay the intake event: the FAILED window "
+        "is re-acquired and runs again.",
+    ),
+    "Pipeline.LockLost": (
+        "Both builders succeeded, but the lock no longer belonged to this execution "
+        "(reset, or re-acquired after lock_release); the outputs were written but not recorded.",
+        "Read the lock ledger: if the window's current run succeeded, nothing to do; otherwise replay.",
+    ),
+    "LockRelease.InvalidEvent": (
+        "lock_release was started with something other than a Step Functions Execution Status "
+        "Change event (detail.executionArn, status and input).",
+        "Start it only from the EventBridge rule, or replay a status-change event from the archive.",
+    ),
 }
 
 #: Service errors the ASL names in Retry/Catch (raised by AWS, not by us).
@@ -54,5 +75,9 @@ SERVICE_ERRORS: frozenset[str] = frozenset({
     "DynamoDB.RequestLimitExceeded",
     "DynamoDB.InternalServerErrorException",
     "StepFunctions.ThrottlingException",
+    "SageMaker.ThrottlingException",
+    "SageMaker.ResourceLimitExceeded",
+    "SageMaker.InternalFailure",
+    "SageMaker.ServiceUnavailable",
     "StepFunctions.ExecutionLimitExceededException",
 })

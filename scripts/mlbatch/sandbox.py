@@ -6,6 +6,8 @@ same resources the same way.
 from __future__ import annotations
 
 import json
+import os
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -13,10 +15,25 @@ from .engine.harness import STAND_IN_PIPELINE, Deployment, Engine, Execution
 from .settings import ROOT
 from .template import load
 
-__all__ = ["Sandbox", "EXAMPLE_BUCKET", "EVENTS", "load_event", "to_item", "from_item"]
+__all__ = ["Sandbox", "EXAMPLE_PARAMETERS", "EVENTS", "MOCK_CONFIG", "load_event", "to_item", "from_item",
+           "matches"]
 
-EXAMPLE_BUCKET = "mlbatch-example-ingest"
+EXAMPLE_PARAMETERS = {
+    "IngestionBucketName": "mlbatch-example-ingest",
+    "OutputBucketName": "mlbatch-example-features",
+    "DeltaBuilderImageUri": "123456789012.dkr.ecr.us-east-1.amazonaws.com/delta-builder:1.4.0",
+    "PairCountsBuilderImageUri": "123456789012.dkr.ecr.us-east-1.amazonaws.com/pair-counts-builder:2.1.0",
+}
 EVENTS = ROOT / "tests" / "events"
+#: Builder mocks, Step Functions Local format: `<pipeline ARN>#<TestCase>` runs a test case.
+MOCK_CONFIG = ROOT / "tests" / "mocks" / "MockConfigFile.json"
+
+
+def matches(pattern: Any, event: Any) -> bool:
+    """EventBridge pattern matching for the subset SAM rules here use (nested keys, value lists)."""
+    if isinstance(pattern, dict):
+        return isinstance(event, dict) and all(k in event and matches(v, event[k]) for k, v in pattern.items())
+    return event in pattern
 
 
 def load_event(name: str) -> Any:
@@ -55,12 +72,19 @@ class Sandbox:
     def __init__(self, engine: Engine | None = None, parameters: dict[str, str] | None = None,
                  template_path: Path | None = None):
         self.engine = engine or Engine()
-        self.template = load(template_path, {"IngestionBucketName": EXAMPLE_BUCKET, **(parameters or {})})
+        self.template = load(template_path, {**EXAMPLE_PARAMETERS, **(parameters or {})})
         self.deployment: Deployment | None = None
+        self._intakes: dict[tuple[str, str], str] = {}
+        #: the intake `intake()` runs, and the pipeline it starts (see use_intake)
+        self.intake_arn = ""
+        self.started_pipeline_arn = ""
 
     def __enter__(self) -> "Sandbox":
+        os.environ.setdefault("SFN_MOCK_CONFIG", str(MOCK_CONFIG))
         self.engine.__enter__()
         self.deployment = self.engine.deploy(self.template, self._stand_ins())
+        self.intake_arn = self.arn("IntakeStateMachine")
+        self.started_pipeline_arn = self.pipeline_arn
         return self
 
     def __exit__(self, *exc) -> None:
@@ -68,9 +92,9 @@ class Sandbox:
 
     def _stand_ins(self) -> dict[str, dict]:
         """A stand-in pipeline where the template starts one it does not declare."""
-        name = self.template.resolve({"Ref": "PipelineStateMachineName"})
-        declared = {self.template.physical_name(k) for k in self.template.state_machines}
-        return {} if name in declared else {name: STAND_IN_PIPELINE}
+        if "PipelineStateMachine" in self.template.state_machines:
+            return {}
+        return {self.template.resolve({"Ref": "PipelineStateMachineName"}): STAND_IN_PIPELINE}
 
     # --- resources ------------------------------------------------------------------------
 
@@ -83,6 +107,60 @@ class Sandbox:
     @property
     def pipeline_arn(self) -> str:
         return self.template.substitutions("IntakeStateMachine")["PipelineStateMachineArn"]
+
+    def intake_variant(self, pipeline: str = "pipeline", case: str | None = None) -> str:
+        """The deployed intake's definition, starting another pipeline and/or a mock test case.
+
+        pipeline="pipeline": the template's pipeline; "stand-in": a machine that accepts the
+        pipeline input and leaves the lock alone (to test the intake on its own).
+        case: a MockConfigFile test case, started as `<pipeline ARN>#<case>` -- the same
+        substitution runs the same test on Step Functions Local or LocalStack."""
+        key = (pipeline, case or "")
+        if key not in self._intakes:
+            target = self.pipeline_arn
+            if pipeline == "stand-in" and not any(key[0] == "stand-in" for key in self._intakes):
+                self.engine.create_machine("mlbatch-pipeline-stand-in", STAND_IN_PIPELINE)
+            if pipeline == "stand-in":
+                target = self._stand_in
+            subs = {"PipelineStateMachineArn": target + (f"#{case}" if case else ""),
+                    "PipelineExecutionArnPrefix": target.replace(":stateMachine:", ":execution:")}
+            self._intakes[key] = self.engine.create_machine(
+                f"mlbatch-intake-{pipeline}-{case or 'live'}",
+                self.template.definition("IntakeStateMachine", subs))
+        return self._intakes[key]
+
+    def use_intake(self, pipeline: str = "pipeline", case: str | None = None) -> None:
+        """Make `intake()` run that variant (the deployed intake when both are defaults)."""
+        default = (pipeline, case) == ("pipeline", None)
+        self.intake_arn = self.arn("IntakeStateMachine") if default else self.intake_variant(pipeline, case)
+        self.started_pipeline_arn = self.pipeline_arn if pipeline == "pipeline" else self._stand_in
+
+    @property
+    def _stand_in(self) -> str:
+        return f"arn:aws:states:{self.template.region}:{self.template.account}:stateMachine:mlbatch-pipeline-stand-in"
+
+    def emit_status_change(self, execution_arn: str, status: str | None = None) -> list[str]:
+        """Play EventBridge: the "Step Functions Execution Status Change" event of an ended
+        execution goes to every state machine whose template rule matches it; their
+        execution ARNs are returned. `status` overrides what the engine reports (the engine
+        cannot reach TIMED_OUT quickly)."""
+        d = self.engine.sfn.describe_execution(executionArn=execution_arn)
+        event = {
+            "version": "0", "id": str(uuid.uuid4()), "detail-type": "Step Functions Execution Status Change",
+            "source": "aws.states", "account": self.template.account, "region": self.template.region,
+            "time": d["startDate"].isoformat(), "resources": [execution_arn],
+            "detail": {"executionArn": execution_arn, "stateMachineArn": d["stateMachineArn"],
+                       "name": d["name"], "status": status or d["status"],
+                       "startDate": int(d["startDate"].timestamp() * 1000),
+                       "stopDate": int(d["stopDate"].timestamp() * 1000) if d.get("stopDate") else None,
+                       "input": d.get("input"), "inputDetails": {"included": True},
+                       "output": d.get("output"), "error": d.get("error"), "cause": d.get("cause")},
+        }
+        started = []
+        for logical, arn in self.deployment.state_machines.items():
+            if any(matches(rule, event) for rule in self.template.event_rules(logical)):
+                started.append(self.engine.start(arn, event))
+        return started
 
     def put_defaults(self, item: dict[str, Any]) -> None:
         self.engine.dynamodb.put_item(TableName=self.table("ProjectDefaultsTable"), Item=to_item(item))
@@ -106,9 +184,10 @@ class Sandbox:
                                              Key={"lock_key": {"S": lock["lock_key"]}})
 
     def pipeline_executions(self) -> list[dict]:
-        return self.engine.executions(self.pipeline_arn)
+        """Executions of the pipeline the current intake starts."""
+        return self.engine.executions(self.started_pipeline_arn)
 
     # --- the intake -----------------------------------------------------------------------
 
     def intake(self, event: Any, name: str | None = None) -> Execution:
-        return self.engine.run(self.arn("IntakeStateMachine"), event, name)
+        return self.engine.run(self.intake_arn, event, name)

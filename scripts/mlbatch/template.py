@@ -53,6 +53,8 @@ class Template:
             return f"arn:aws:dynamodb:{self.region}:{self.account}:table/{name}"
         if kind == "AWS::Serverless::StateMachine":
             return f"arn:aws:states:{self.region}:{self.account}:stateMachine:{name}"
+        if kind == "AWS::IAM::Role":
+            return f"arn:aws:iam::{self.account}:role/{name}"
         raise KeyError(f"no ARN rule for {kind} ({logical})")
 
     def _ref(self, name: str) -> str:
@@ -69,6 +71,11 @@ class Template:
             return str(default)
         kind = self.doc["Resources"][name]["Type"]
         return self.arn(name) if kind == "AWS::Serverless::StateMachine" else self.physical_name(name)
+
+    def event_rules(self, logical: str) -> list[dict[str, Any]]:
+        """The EventBridge patterns that start a state machine (its SAM `EventBridgeRule` events)."""
+        events = self.state_machines[logical]["Properties"].get("Events", {})
+        return [self.resolve(e["Properties"]["Pattern"]) for e in events.values() if e["Type"] == "EventBridgeRule"]
 
     def _get_att(self, logical: str, attr: str) -> str:
         if attr == "Arn":

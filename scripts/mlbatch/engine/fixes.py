@@ -6,7 +6,10 @@ when a newer moto no longer has the defect, that test says so.
 """
 from __future__ import annotations
 
+import contextlib
 import functools
+import json
+import os
 import re
 import sys
 import threading
@@ -18,7 +21,7 @@ from typing import Any
 import botocore.session
 import moto
 
-__all__ = ["Fix", "FIXES", "apply_all", "MOTO_VERSION"]
+__all__ = ["Fix", "FIXES", "apply_all", "suspended", "MOTO_VERSION", "MockConfigError"]
 
 #: The moto version these fixes were written for (pinned in pyproject.toml).
 MOTO_VERSION = "5.2.5"
@@ -174,6 +177,113 @@ def _patch_program_cache():
     return [(ExecutionWorker, "_get_evaluation_entrypoint", _get_evaluation_entrypoint)]
 
 
+# --- Step Functions Local MockConfigFile test cases ---------------------------------------
+
+class MockConfigError(ValueError):
+    """The mock configuration file or the `<stateMachineArn>#<TestCase>` it is asked for is wrong."""
+
+
+_PENDING_CASE = threading.local()
+
+
+def load_test_case(state_machine_name: str, test_case: str, path: str | None = None):
+    """A MockConfigFile.json test case (Step Functions Local format) as the engine's MockTestCase."""
+    from moto.stepfunctions.parser.mocking.mock_config import (
+        MockedResponseReturn,
+        MockedResponseThrow,
+        MockTestCase,
+        StateMockedResponses,
+    )
+    path = path or os.environ.get("SFN_MOCK_CONFIG")
+    if not path:
+        raise MockConfigError(f"test case {test_case!r} asked for, but SFN_MOCK_CONFIG names no mock file")
+    config = json.loads(open(path).read())
+    cases = config.get("StateMachines", {}).get(state_machine_name, {}).get("TestCases", {})
+    if test_case not in cases:
+        raise MockConfigError(f"{path}: no test case {test_case!r} for state machine {state_machine_name!r}")
+    states = []
+    for state_name, response_name in cases[test_case].items():
+        ranges = config.get("MockedResponses", {}).get(response_name)
+        if not ranges:
+            raise MockConfigError(f"{path}: test case {test_case!r} names unknown response {response_name!r}")
+        responses = []
+        for key, response in ranges.items():
+            first, _, last = key.partition("-")
+            lo, hi = int(first), int(last or first)
+            if "Return" in response:
+                responses.append(MockedResponseReturn(lo, hi, response["Return"]))
+            elif "Throw" in response:
+                responses.append(MockedResponseThrow(lo, hi, response["Throw"]["Error"],
+                                                     response["Throw"].get("Cause", "")))
+            else:
+                raise MockConfigError(f"{path}: response {response_name!r}/{key} has neither Return nor Throw")
+        states.append(StateMockedResponses(state_name, response_name, responses))
+    return MockTestCase(state_machine_name, test_case, states)
+
+
+def _patch_mock_config():
+    from moto.stepfunctions.parser.asl.component.state.exec.state_task.service.state_task_service_callback import (
+        StateTaskServiceCallback,
+    )
+    from moto.stepfunctions.parser.backend.execution import Execution
+    from moto.stepfunctions.parser.models import StepFunctionsParserBackend
+
+    start_execution = StepFunctionsParserBackend.start_execution
+    worker = Execution._get_start_execution_worker
+    eval_body = StateTaskServiceCallback._eval_body
+
+    def start_execution_with_case(self, state_machine_arn, name=None, execution_input=None, trace_header=None):
+        # Step Functions Local: StartExecution on `<stateMachineArn>#<TestCase>` runs the
+        # machine with that test case's mocked responses (the engine stubbed the loader).
+        arn, _, case = state_machine_arn.partition("#")
+        _PENDING_CASE.value = load_test_case(arn.rsplit(":", 1)[-1], case) if case else None
+        try:
+            return start_execution(self, arn, name, execution_input, trace_header)
+        finally:
+            _PENDING_CASE.value = None
+
+    def worker_with_case(self):
+        w = worker(self)
+        w._mock_test_case = getattr(_PENDING_CASE, "value", None)
+        return w
+
+    def eval_body_mockable(self, env):
+        # A mocked Task never runs its integration pattern, so a .sync the engine cannot
+        # run for real (sagemaker) must not be refused before the mock answers.
+        if env.is_mocked_mode() and self.resource.condition not in self._supported_integration_patterns:
+            return super(StateTaskServiceCallback, self)._eval_body(env)
+        return eval_body(self, env)
+
+    return [(StepFunctionsParserBackend, "start_execution", start_execution_with_case),
+            (Execution, "_get_start_execution_worker", worker_with_case),
+            (StateTaskServiceCallback, "_eval_body", eval_body_mockable)]
+
+
+def _patch_states_error_names():
+    from moto.stepfunctions.parser.asl.component.common.error_name.custom_error_name import CustomErrorName
+    from moto.stepfunctions.parser.asl.component.common.error_name.states_error_name import StatesErrorName
+    from moto.stepfunctions.parser.asl.component.common.error_name.states_error_name_type import (
+        StatesErrorNameType,
+    )
+    from moto.stepfunctions.parser.asl.component.state.exec.state_map.iteration import iteration_worker
+    from moto.stepfunctions.parser.asl.component.state.exec.state_parallel import branches_decl
+    from moto.stepfunctions.parser.asl.component.state.exec.state_task import mock_eval_utils
+
+    def error_name(error_name=None):
+        # An error AWS itself raises (States.TaskFailed of a failed .sync job, States.Timeout)
+        # keeps its States.* name when re-raised; the engine forced it through the custom-name
+        # constructor, which refuses that prefix, and crashed with States.Runtime instead.
+        if error_name and error_name.startswith("States."):
+            try:
+                return StatesErrorName(typ=StatesErrorNameType.from_name(error_name))
+            except ValueError:
+                pass
+        return CustomErrorName(error_name)
+
+    return [(module, "CustomErrorName", error_name)
+            for module in (mock_eval_utils, branches_decl, iteration_worker)]
+
+
 FIXES: dict[str, Fix] = {f.name: f for f in [
     Fix("service_normalisation",
         "states:startExecution fails with States.Runtime 'StateMachineArn': request/response "
@@ -190,7 +300,35 @@ FIXES: dict[str, Fix] = {f.name: f for f in [
     Fix("program_cache",
         "Performance: every execution re-parses its definition with ANTLR (~0.4 s for the "
         "intake), dwarfing the run itself.", _patch_program_cache),
+    Fix("mock_config_loader",
+        "Step Functions Local test cases (`<stateMachineArn>#<TestCase>`, SFN_MOCK_CONFIG) are "
+        "ignored: the loader is stubbed, executions get no test case, and a mocked .sync of a "
+        "service the engine cannot run (sagemaker) is refused.", _patch_mock_config),
+    Fix("states_error_names",
+        "A States.* error (States.TaskFailed of a failed job) thrown by a mock, or leaving a "
+        "Parallel branch or Map iteration, crashes the execution with States.Runtime: the engine "
+        "rebuilds it as a custom error name, which may not start with 'States.'.",
+        _patch_states_error_names),
 ]}
+
+
+@contextlib.contextmanager
+def suspended(name: str):
+    """Run without one fix. Fixes can wrap the same method, so the later ones come off and go
+    back on around it, leaving every other fix in force."""
+    order = list(FIXES)
+    later = [FIXES[n] for n in order[order.index(name):] if FIXES[n].applied]
+    for fix in reversed(later):
+        fix.revert()
+    for fix in later[1:]:
+        fix.apply()
+    try:
+        yield
+    finally:
+        for fix in reversed(later[1:]):
+            fix.revert()
+        for fix in later:
+            fix.apply()
 
 
 def apply_all() -> None:
