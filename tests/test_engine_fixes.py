@@ -5,7 +5,6 @@ saying the fix can go.
 """
 from __future__ import annotations
 
-import contextlib
 import json
 import threading
 import time
@@ -16,14 +15,7 @@ import pytest
 from mlbatch.engine import fixes
 
 
-@contextlib.contextmanager
-def without(name: str):
-    fix = fixes.FIXES[name]
-    fix.revert()
-    try:
-        yield
-    finally:
-        fix.apply()
+without = fixes.suspended
 
 
 def no_longer_needed(name: str):
@@ -162,3 +154,55 @@ def test_fixes_refuse_another_moto(monkeypatch):
     monkeypatch.setattr(moto, "__version__", "9.9.9")
     with pytest.raises(RuntimeError, match="written for moto"):
         fixes.apply_all()
+
+
+MOCKED_SYNC = {
+    "StartAt": "Run a job",
+    "States": {"Run a job": {
+        "Type": "Task", "Resource": "arn:aws:states:::sagemaker:createProcessingJob.sync",
+        "Parameters": {"ProcessingJobName": "probe"}, "End": True}},
+}
+
+
+def test_mock_config_loader_runs_step_functions_local_test_cases(sandbox, tmp_path, monkeypatch):
+    mock = tmp_path / "MockConfigFile.json"
+    mock.write_text(json.dumps({
+        "StateMachines": {"fix-mocked-sync": {"TestCases": {"Done": {"Run a job": "Completed"}}}},
+        "MockedResponses": {"Completed": {"0": {"Return": {"ProcessingJobStatus": "Completed"}}}}}))
+    monkeypatch.setenv("SFN_MOCK_CONFIG", str(mock))
+    arn = machine(sandbox, "fix-mocked-sync", MOCKED_SYNC)
+
+    with without("mock_config_loader"):
+        try:
+            unfixed = sandbox.engine.run(arn + "#Done", {}).status
+        except Exception:  # the engine refuses the ARN outright
+            unfixed = "REFUSED"
+    if unfixed == "SUCCEEDED":
+        no_longer_needed("mock_config_loader")
+
+    assert sandbox.engine.run(arn + "#Done", {}).output == {"ProcessingJobStatus": "Completed"}
+    with pytest.raises(Exception, match="no test case 'Missing'"):
+        sandbox.engine.start(arn + "#Missing", {})
+
+
+def test_states_error_names_survive_mocks_and_parallel_branches(sandbox, tmp_path, monkeypatch):
+    mock = tmp_path / "MockConfigFile.json"
+    mock.write_text(json.dumps({
+        "StateMachines": {"fix-branch-error": {"TestCases": {"Fails": {"Run a job": "JobFailed"}}}},
+        "MockedResponses": {"JobFailed": {"0": {"Throw": {"Error": "States.TaskFailed", "Cause": "job failed"}}}}}))
+    monkeypatch.setenv("SFN_MOCK_CONFIG", str(mock))
+    arn = machine(sandbox, "fix-branch-error", {
+        "StartAt": "Both", "States": {"Both": {
+            "Type": "Parallel", "Branches": [MOCKED_SYNC],
+            "Catch": [{"ErrorEquals": ["States.TaskFailed"], "Next": "Caught"}], "End": True},
+            "Caught": {"Type": "Pass", "End": True}}})
+
+    with without("states_error_names"):
+        unfixed = sandbox.engine.run(arn + "#Fails", {})
+    if unfixed.status == "SUCCEEDED":
+        no_longer_needed("states_error_names")
+    assert unfixed.error == "States.Runtime"
+
+    fixed = sandbox.engine.run(arn + "#Fails", {})
+    assert fixed.status == "SUCCEEDED"
+    assert fixed.output == {"Error": "States.TaskFailed", "Cause": "job failed"}

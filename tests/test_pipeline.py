@@ -1,0 +1,288 @@
+"""The pipeline and the lock's life cycle, with the builders mocked (tests/mocks/MockConfigFile.json)."""
+from __future__ import annotations
+
+import json
+import re
+import time
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from mlbatch.engine.harness import path
+from mlbatch.render import environment, render_text
+from mlbatch.sandbox import EXAMPLE_PARAMETERS, load_event
+from mlbatch.settings import ROOT
+
+JOB_NAME = re.compile(r"[a-zA-Z0-9](-*[a-zA-Z0-9]){0,62}")
+LOCK_KEY = "traffic-anomaly#fs-2024-06#2024-02-29T23:53:00Z#2024-03-01T00:05:07.123Z"
+
+
+def run_live(sandbox, case, event):
+    """Deliver an event to an intake whose pipeline runs test case `case`; wait for both."""
+    sandbox.use_intake("pipeline", case)
+    intake = sandbox.intake(event)
+    assert intake.status == "SUCCEEDED", intake.cause
+    if intake.output["status"] != "STARTED":
+        return intake, None
+    return intake, sandbox.engine.wait(intake.output["pipeline_execution_arn"], timeout=120)
+
+
+def processing_requests(sandbox, execution_arn) -> dict[str, dict]:
+    """The CreateProcessingJob requests of a pipeline execution, by builder, from its history."""
+    events = sandbox.engine.history(execution_arn)
+    requests = {}
+    for i, e in enumerate(events):
+        if e["type"] == "TaskScheduled" and e["taskScheduledEventDetails"]["resource"] == "createProcessingJob.sync":
+            params = json.loads(e["taskScheduledEventDetails"]["parameters"])
+            requests[params["ProcessingJobName"].split("-")[0]] = params
+    return requests
+
+
+# --- the life cycle -------------------------------------------------------------------------
+
+def test_event_through_intake_and_pipeline_ends_with_the_lock_succeeded(live, event):
+    intake, pipeline = run_live(live, "HappyPath", event)
+
+    assert pipeline.status == "SUCCEEDED", pipeline.cause
+    lock = live.lock(LOCK_KEY)
+    assert lock["status"] == "SUCCEEDED"
+    assert lock["pipeline_execution_arn"] == pipeline.arn == intake.output["pipeline_execution_arn"]
+    assert lock["delta_job_arn"].endswith("processing-job/delta-mocked")
+    assert lock["pair_counts_job_arn"].endswith("processing-job/pairs-mocked")
+    prefix = "s3://mlbatch-example-features/features/traffic-anomaly/fs-2024-06/20240229T2353-"
+    assert lock["delta_output_uri"].startswith(prefix) and lock["delta_output_uri"].endswith("/delta/")
+    assert lock["pair_counts_output_uri"] == lock["delta_output_uri"].replace("/delta/", "/pair_counts/")
+    assert pipeline.output == {
+        "status": "SUCCEEDED", "lock_key": LOCK_KEY,
+        "delta_job_arn": lock["delta_job_arn"], "delta_output_uri": lock["delta_output_uri"],
+        "pair_counts_job_arn": lock["pair_counts_job_arn"], "pair_counts_output_uri": lock["pair_counts_output_uri"],
+    }
+    entered = [s for s, t in path(live.engine.history(pipeline.arn)) if t.endswith("Entered")]
+    assert entered[:5] == ["Is the pipeline input complete?", "Get the project's builder settings",
+                           "Does the project override builder settings?", "Resolve the builder settings",
+                           "Run the builders"]
+    assert set(entered[5:7]) == {"Run the Delta Builder", "Run the Pair Counts Builder"}
+    assert entered[7:] == ["Mark the lock succeeded", "Report the outputs"]
+
+
+@pytest.mark.parametrize("case, reason", [("DeltaBuilderFails", "no parquet files under input"),
+                                          ("PairCountsFails", "column 'src_addr' not found")])
+def test_builder_failure_marks_the_lock_failed_and_redelivery_runs_it_again(live, event, case, reason):
+    _, failed = run_live(live, case, event)
+
+    assert (failed.status, failed.error) == ("FAILED", "Pipeline.BuildFailed")
+    assert reason in failed.cause and "replay" in failed.cause
+    lock = live.lock(LOCK_KEY)
+    assert (lock["status"], lock["error"]) == ("FAILED", "States.TaskFailed")
+    assert reason in lock["cause"]
+
+    again, pipeline = run_live(live, "HappyPath", event)
+
+    assert again.output["status"] == "STARTED"
+    assert pipeline.status == "SUCCEEDED"
+    lock = live.lock(LOCK_KEY)
+    assert (lock["status"], lock["attempts"]) == ("SUCCEEDED", 2)
+    assert "error" not in lock and "cause" not in lock
+
+
+def test_throttled_builder_is_retried_until_it_succeeds(live, event):
+    _, pipeline = run_live(live, "ThrottledThenSucceeds", event)
+
+    assert pipeline.status == "SUCCEEDED"
+    outcomes = [(e["type"], (e.get("taskFailedEventDetails") or e.get("taskSucceededEventDetails"))["error"
+                 if e["type"] == "TaskFailed" else "resource"]) for e in live.engine.history(pipeline.arn)
+                if e["type"] in ("TaskFailed", "TaskSucceeded")]
+    jobs = [o for o in outcomes if o[1] in ("createProcessingJob.sync", "SageMaker.ThrottlingException")]
+    assert sorted(jobs) == [("TaskFailed", "SageMaker.ThrottlingException"),
+                            ("TaskSucceeded", "createProcessingJob.sync"), ("TaskSucceeded", "createProcessingJob.sync")]
+    assert live.lock(LOCK_KEY)["status"] == "SUCCEEDED"
+
+
+def test_validation_errors_are_not_retried():
+    pipeline = json.loads((ROOT / "asl" / "pipeline.asl.json").read_text())
+    for branch in pipeline["States"]["Run the builders"]["Branches"]:
+        (task,) = branch["States"].values()
+        retried = {e for r in task["Retry"] for e in r["ErrorEquals"]}
+        assert "SageMaker.ThrottlingException" in retried and "SageMaker.ResourceLimitExceeded" in retried
+        assert not retried & {"States.ALL", "States.TaskFailed", "SageMaker.ValidationException",
+                              "SageMaker.AmazonSageMakerException"}
+
+
+@pytest.mark.parametrize("status", ["ABORTED", "TIMED_OUT"])
+def test_stopped_pipeline_is_released_by_lock_release(live, event, status):
+    live.use_intake("pipeline", "ThrottledUntilStopped")
+    intake = live.intake(event)
+    pipeline_arn = intake.output["pipeline_execution_arn"]
+    deadline = time.monotonic() + 30
+    while not any(e["type"] == "TaskFailed" for e in live.engine.history(pipeline_arn)):
+        assert time.monotonic() < deadline, "the builders never got throttled"
+        time.sleep(0.02)  # stop it while a builder waits out a throttling retry
+    live.engine.sfn.stop_execution(executionArn=pipeline_arn, error="Operator.Stop", cause="test")
+    assert live.engine.wait(pipeline_arn).status == "ABORTED"
+    assert live.lock(LOCK_KEY)["status"] == "IN_PROGRESS"
+
+    (release,) = live.emit_status_change(pipeline_arn, status)
+    result = live.engine.wait(release)
+
+    assert result.output["released"] is True
+    lock = live.lock(LOCK_KEY)
+    assert (lock["status"], lock["error"]) == ("FAILED", f"Pipeline.{status}")
+    assert pipeline_arn in lock["cause"]
+
+
+def test_lock_release_leaves_another_executions_lock_alone(live, event):
+    _, pipeline = run_live(live, "HappyPath", event)
+    live.set_lock({**live.lock(LOCK_KEY), "status": "IN_PROGRESS"})
+    other = live.engine.start(live.pipeline_arn + "#PairCountsFails", {"lock_key": LOCK_KEY})
+    assert live.engine.wait(other).error == "Pipeline.InvalidInput"
+
+    (release,) = live.emit_status_change(other)
+    result = live.engine.wait(release)
+
+    assert result.output["released"] is False
+    assert live.lock(LOCK_KEY)["status"] == "IN_PROGRESS"
+    assert live.lock(LOCK_KEY)["pipeline_execution_arn"] == pipeline.arn
+
+
+def test_lock_release_leaves_a_final_lock_alone(live, event):
+    _, pipeline = run_live(live, "HappyPath", event)
+
+    (release,) = live.emit_status_change(pipeline.arn, "FAILED")
+
+    assert live.engine.wait(release).output["released"] is False
+    assert live.lock(LOCK_KEY)["status"] == "SUCCEEDED"
+
+
+def test_pipeline_failing_before_its_catch_is_released(live, event):
+    # an owned IN_PROGRESS lock, and a pipeline started by hand with an incomplete input
+    name = f"by-hand-{time.time_ns()}"
+    arn = live.pipeline_arn.replace(":stateMachine:", ":execution:") + ":" + name
+    live.set_lock({"lock_key": LOCK_KEY, "status": "IN_PROGRESS", "pipeline_execution_arn": arn,
+                   "mini_batch_id": "mb-000123", "attempts": 1})
+    failed = live.engine.run(live.pipeline_arn, {"lock_key": LOCK_KEY}, name=name)
+    assert (failed.arn, failed.error) == (arn, "Pipeline.InvalidInput")
+
+    (release,) = live.emit_status_change(arn)
+
+    assert live.engine.wait(release).output["released"] is True
+    assert live.lock(LOCK_KEY)["status"] == "FAILED"
+
+
+def test_status_changes_of_other_machines_and_successes_start_nothing(live, event):
+    intake, pipeline = run_live(live, "HappyPath", event)
+    assert live.emit_status_change(intake.arn) == []
+    assert live.emit_status_change(pipeline.arn) == []  # SUCCEEDED is not in the rule
+
+
+def test_lock_release_rejects_a_non_status_change_event(live):
+    result = live.engine.run(live.arn("LockReleaseStateMachine"), {"hello": "world"})
+    assert result.error == "LockRelease.InvalidEvent"
+
+
+# --- runtime parameters -----------------------------------------------------------------------
+
+OVERRIDES = {"delta_builder": {"instance_type": "ml.m5.4xlarge", "instance_count": 3,
+                               "image_uri": "123456789012.dkr.ecr.us-east-1.amazonaws.com/delta-builder:canary"},
+             "pair_counts_builder": {"max_runtime_seconds": 900}}
+EVENTS = [
+    # (project defaults extra attributes, s3 key, timestamp)
+    ({}, "s3://mlbatch-example-ingest/acme/netsec/traffic-anomaly/2024/03/01/mb-000123/part-0000.json.gz",
+     "2024-03-01T00:05:07.123+00:00"),
+    ({}, "acme/netsec/traffic-anomaly/2023/12/31/batch_2359/x.json.gz", "2023-12-31T23:59:59Z"),
+    (OVERRIDES, "s3://other-bucket/org.a/org_b/tuned-project/2025/01/01/b-1/f.json.gz", "2025-01-01T00:00:00"),
+    ({"delta_builder": {"volume_size_gb": 100}}, "o1/o2/Proj.With.Dots/2024/02/29/mb/f", "2024-02-29T12:38:00.5Z"),
+]
+
+
+@pytest.mark.parametrize("extra, key, timestamp", EVENTS)
+def test_processing_requests_carry_exactly_the_resolved_parameters(live, extra, key, timestamp):
+    project = key.removeprefix("s3://").split("/")[-6]
+    defaults = {**load_event("project_defaults"), "project_name": project, **extra}
+    live.put_defaults(defaults)
+    intake, pipeline = run_live(live, "HappyPath", {"s3_key": key, "timestamp": timestamp})
+    assert pipeline.status == "SUCCEEDED", pipeline.cause
+    batch = intake.output["batch"]
+    traffic_prefix = json.loads(live.engine.sfn.describe_execution(
+        executionArn=pipeline.arn)["input"])["traffic_input"]["s3_prefix"]
+
+    requests = processing_requests(live, pipeline.arn)
+
+    assert set(requests) == {"delta", "pairs"}
+    lock = live.lock(intake.output["lock_key"])
+    for short, key_ in (("delta", "delta"), ("pairs", "pair_counts")):
+        r = requests[short]
+        settings_ = {**{"image_uri": EXAMPLE_PARAMETERS["DeltaBuilderImageUri" if short == "delta"
+                                                       else "PairCountsBuilderImageUri"],
+                        "instance_type": "ml.m5.xlarge", "instance_count": 1, "volume_size_gb": 30,
+                        "max_runtime_seconds": 3600},
+                     **extra.get(f"{key_}_builder", {})}
+        assert JOB_NAME.fullmatch(r["ProcessingJobName"]) and len(r["ProcessingJobName"]) <= 63
+        assert r["RoleArn"] == live.template.arn("ProcessingRole")
+        assert r["AppSpecification"]["ImageUri"] == settings_["image_uri"]
+        assert r["ProcessingResources"]["ClusterConfig"] == {
+            "InstanceType": settings_["instance_type"], "InstanceCount": settings_["instance_count"],
+            "VolumeSizeInGB": settings_["volume_size_gb"]}
+        assert r["StoppingCondition"] == {"MaxRuntimeInSeconds": settings_["max_runtime_seconds"]}
+        (inp,) = r["ProcessingInputs"]
+        assert inp["S3Input"]["S3Uri"] == batch["mini_batch_s3_prefix"]
+        (out,) = r["ProcessingOutputConfig"]["Outputs"]
+        assert out["S3Output"]["S3Uri"] == lock[f"{key_}_output_uri"]
+        assert out["S3Output"]["S3Uri"].startswith(
+            f"s3://mlbatch-example-features/features/{project}/{batch['feature_spec_version']}/")
+        env = r["Environment"]
+        assert env["MLBATCH_PROJECT_NAME"] == project
+        assert (env["MLBATCH_WINDOW_START"], env["MLBATCH_WINDOW_END"]) == (
+            batch["batch_start_ts_iso"], batch["batch_end_ts_iso"])
+        assert env["MLBATCH_MINI_BATCH_ID"] == batch["mini_batch_id"]
+        assert env["MLBATCH_OUTPUT_S3_URI"] == out["S3Output"]["S3Uri"]
+        args = r["AppSpecification"]["ContainerArguments"]
+        assert args[args.index("--window-start") + 1] == batch["batch_start_ts_iso"]
+        assert args[args.index("--mini-batch-id") + 1] == batch["mini_batch_id"]
+    # both builders read the very same folder: the invariant the identity promises
+    assert traffic_prefix + "/" + batch["mini_batch_id"] + "/" == batch["mini_batch_s3_prefix"]
+    mapping = defaults["traffic_input"]["field_mapping"]
+    assert json.loads(requests["pairs"]["Environment"]["MLBATCH_FIELD_MAPPING"]) == mapping
+    args = requests["pairs"]["AppSpecification"]["ContainerArguments"]
+    assert json.loads(args[args.index("--field-mapping") + 1]) == mapping
+    assert "MLBATCH_FIELD_MAPPING" not in requests["delta"]["Environment"]
+
+
+def test_rerun_of_a_window_writes_to_the_same_place_under_new_job_names(live, event):
+    _, first = run_live(live, "HappyPath", event)
+    live.set_lock({**live.lock(LOCK_KEY), "status": "FAILED"})
+    _, second = run_live(live, "HappyPath", event)
+
+    a, b = processing_requests(live, first.arn), processing_requests(live, second.arn)
+
+    for short in ("delta", "pairs"):
+        assert a[short]["ProcessingOutputConfig"] == b[short]["ProcessingOutputConfig"]
+        assert a[short]["ProcessingJobName"] != b[short]["ProcessingJobName"]
+
+
+@pytest.fixture(scope="module")
+def job_name_machine(sandbox):
+    env = environment([ROOT / "tests" / "machines"])
+    return sandbox.engine.create_machine("job-names", render_text("job_names.asl.json.j2", env))
+
+
+_PUNCTUATION = "!\"#$%&'()*+,-./:;<=>?@[\\]^_`{|}~ \t"
+
+
+@settings(max_examples=1, deadline=None, suppress_health_check=list(HealthCheck))
+@given(projects=st.lists(st.one_of(
+    st.text(min_size=1, max_size=100),
+    st.text(alphabet=_PUNCTUATION, min_size=1, max_size=100),
+    st.text(min_size=100, max_size=100),
+    st.text(alphabet=_PUNCTUATION + "aZ09", min_size=100, max_size=100)), min_size=200, max_size=200))
+def test_job_names_are_valid_for_any_project_name(sandbox, job_name_machine, projects):
+    inputs = [{"lock_key": f"{p}#fs-1#2024-03-01T00:08:00Z#2024-03-01T00:10:00Z",
+               "batch_start_ts_iso": "2024-03-01T00:08:00Z"} for p in projects]
+
+    result = sandbox.engine.run(job_name_machine, {"inputs": inputs}, timeout=120)
+
+    names = [n for item in result.output for n in item.values()]
+    assert len(names) == 400
+    bad = [n for n in names if not (JOB_NAME.fullmatch(n) and len(n) <= 63)]
+    assert not bad
+    assert len(set(names)) == len({p for p in projects}) * 2  # distinct windows keys, distinct names
