@@ -10,7 +10,7 @@ from collections.abc import Callable
 from .engine.harness import service_calls
 from .sandbox import Sandbox, load_event
 
-__all__ = ["bench_intake"]
+__all__ = ["bench_intake", "bench_pipeline"]
 
 
 def _key(event: dict, project: str | None = None, batch: str | None = None) -> dict:
@@ -27,19 +27,36 @@ def _percentile(values: list[float], q: float) -> float:
     return values[min(len(values) - 1, int(round(q * (len(values) - 1))))]
 
 
+def _measure(sb: Sandbox, execution_arn: str) -> tuple[int, int, float]:
+    """(state transitions, service calls, wall ms) of an ended execution."""
+    events = sb.engine.history(execution_arn)
+    d = sb.engine.sfn.describe_execution(executionArn=execution_arn)
+    return (sum(1 for e in events if e["type"].endswith("StateEntered")), len(service_calls(events)),
+            (d["stopDate"] - d["startDate"]).total_seconds() * 1000)
+
+
+def _row(label: str, samples: list[tuple[int, int, float]]) -> dict:
+    wall = [w for _, _, w in samples]
+    return {"path": label, "transitions": "/".join(map(str, sorted({t for t, _, _ in samples}))),
+            "service_calls": "/".join(map(str, sorted({c for _, c, _ in samples}))),
+            "p50_ms": round(statistics.median(wall), 1), "p95_ms": round(_percentile(wall, 0.95), 1),
+            "runs": len(samples)}
+
+
 def bench_intake(runs: int = 20, progress: Callable[[str], None] | None = None) -> list[dict]:
     """Measure each intake path `runs` times on the embedded engine; one row per path."""
     progress = progress or (lambda msg: print(msg, file=sys.stderr))
     live = load_event("live_event")
     rows = []
     with Sandbox() as sb:
+        sb.use_intake("stand-in")  # the intake alone: its pipeline leaves the lock be
         sb.put_defaults(load_event("project_defaults"))
         sb.put_defaults({"project_name": "half-configured", "feature_spec_version": "v1"})
         missing = {k: v.replace("mlbatch-pipeline", "missing-pipeline")
                    for k, v in sb.template.substitutions("IntakeStateMachine").items() if k.startswith("Pipeline")}
         no_pipeline = sb.engine.create_machine("bench-no-pipeline",
                                                sb.template.definition("IntakeStateMachine", missing))
-        intake = sb.arn("IntakeStateMachine")
+        intake = sb.intake_arn
 
         def fresh(i: int) -> dict:  # a new window per run
             return {**_key(live, batch=f"mb-bench-{i}"), "timestamp": f"2024-03-01T00:10:00.{i:06d}Z"}
@@ -73,21 +90,55 @@ def bench_intake(runs: int = 20, progress: Callable[[str], None] | None = None) 
         ]
         sb.intake(live)  # the lock the duplicates meet
         for label, machine, make, expect in scenarios:
-            transitions, calls, wall = set(), set(), []
+            samples = []
             for i in range(runs):
-                payload = copy.deepcopy(make(i))
-                result = sb.engine.run(machine, payload)
+                result = sb.engine.run(machine, copy.deepcopy(make(i)))
                 got = result.output["status"] if result.status == "SUCCEEDED" else result.error
                 if got != expect:
                     raise RuntimeError(f"{label}: expected {expect}, got {got}: {result.cause}")
-                events = sb.engine.history(result.arn)
-                transitions.add(sum(1 for e in events if e["type"].endswith("StateEntered")))
-                calls.add(len(service_calls(events)))
-                d = sb.engine.sfn.describe_execution(executionArn=result.arn)
-                wall.append((d["stopDate"] - d["startDate"]).total_seconds() * 1000)
-            progress(f"bench: {label} done ({runs} runs)")
-            rows.append({"path": label, "transitions": "/".join(map(str, sorted(transitions))),
-                         "service_calls": "/".join(map(str, sorted(calls))),
-                         "p50_ms": round(statistics.median(wall), 1), "p95_ms": round(_percentile(wall, 0.95), 1),
-                         "runs": runs})
+                samples.append(_measure(sb, result.arn))
+            progress(f"bench: intake {label} done ({runs} runs)")
+            rows.append(_row(label, samples))
+    return rows
+
+
+def bench_pipeline(runs: int = 20, progress: Callable[[str], None] | None = None) -> list[dict]:
+    """The pipeline per batch (builders mocked) and lock_release, `runs` times each."""
+    progress = progress or (lambda msg: print(msg, file=sys.stderr))
+    live = load_event("live_event")
+    rows = []
+    with Sandbox() as sb:
+        sb.put_defaults(load_event("project_defaults"))
+        scenarios = [("success (HappyPath)", "HappyPath", "SUCCEEDED", runs),
+                     ("Delta Builder fails", "DeltaBuilderFails", "Pipeline.BuildFailed", runs),
+                     ("Pair Counts Builder fails", "PairCountsFails", "Pipeline.BuildFailed", runs),
+                     # a throttling retry sleeps 0-2 s (full jitter): fewer runs
+                     ("throttled once, then success", "ThrottledThenSucceeds", "SUCCEEDED", min(runs, 5))]
+        n = 0
+        for label, case, expect, count in scenarios:
+            sb.use_intake("pipeline", case)
+            samples = []
+            for _ in range(count):
+                n += 1
+                intake = sb.intake({**_key(live, batch=f"mb-p-{n}"), "timestamp": f"2024-03-01T00:10:00.{n:06d}Z"})
+                pipeline = sb.engine.wait(intake.output["pipeline_execution_arn"], timeout=120)
+                got = pipeline.output["status"] if pipeline.status == "SUCCEEDED" else pipeline.error
+                if got != expect:
+                    raise RuntimeError(f"{label}: expected {expect}, got {got}: {pipeline.cause}")
+                samples.append(_measure(sb, pipeline.arn))
+            progress(f"bench: pipeline {label} done ({count} runs)")
+            rows.append(_row(f"pipeline: {label}", samples))
+        samples = []
+        for i in range(runs):
+            name = f"bench-release-{i}"
+            arn = sb.pipeline_arn.replace(":stateMachine:", ":execution:") + ":" + name
+            key = f"bench#release#{i}"
+            sb.set_lock({"lock_key": key, "status": "IN_PROGRESS", "pipeline_execution_arn": arn})
+            sb.engine.run(sb.pipeline_arn, {"lock_key": key}, name=name)  # fails before its Catch
+            (release,) = sb.emit_status_change(arn)
+            if not sb.engine.wait(release).output["released"]:
+                raise RuntimeError("lock_release did not release an owned lock")
+            samples.append(_measure(sb, release))
+        progress(f"bench: lock_release done ({runs} runs)")
+        rows.append(_row("lock_release: releases an owned lock", samples))
     return rows

@@ -24,45 +24,55 @@ def cmd_render(args) -> int:
 
 
 def cmd_run(args) -> int:
-    """The main job: the intake end to end on the embedded engine, with traces and the ledger."""
-    from .sandbox import Sandbox, load_event
+    """The main job: events through the intake and the pipeline on the embedded engine."""
+    from .sandbox import MOCK_CONFIG, Sandbox, load_event
     from .trace import execution_trace, ledger_table
+
+    failures = 0
+
+    def show(title: str, execution, expect: str) -> None:
+        nonlocal failures
+        print(execution_trace(title, execution, sb.engine.history(execution.arn)) + "\n")
+        got = execution.output["status"] if execution.status == "SUCCEEDED" else execution.error
+        if got != expect:
+            failures += 1
+            print(f"!! expected {expect}, got {got}", file=sys.stderr)
+
+    def deliver(title: str, event, case: str, expect: str, pipeline_expect: str | None = None) -> None:
+        sb.use_intake("pipeline", case)
+        result = sb.intake(event)
+        show(title, result, expect)
+        if pipeline_expect:
+            pipeline = sb.engine.wait(result.output["pipeline_execution_arn"], timeout=120)
+            show(f"{title}: its pipeline (builders: test case {case})", pipeline, pipeline_expect)
 
     with Sandbox() as sb:
         print(f"engine: {sb.engine.backend}; deployed from template.yaml: "
               f"{', '.join(sb.deployment.state_machines)} + {', '.join(sb.deployment.tables)}")
+        print(f"builders: SageMaker jobs mocked from {MOCK_CONFIG.relative_to(MOCK_CONFIG.parents[2])} "
+              "(Step Functions Local format)")
         defaults = load_event("project_defaults")
         sb.put_defaults(defaults)
         print(f"seeded project defaults: {defaults['project_name']} ({defaults['feature_spec_version']})\n")
-        failures = 0
-        steps = [
-            ("1. live event (EventBridge Pipes batch from SQS)", load_event("pipes_batch"), "STARTED"),
-            ("2. the same event redelivered", load_event("pipes_batch"), "DUPLICATE_SUPPRESSED"),
-            ("3. forced re-run of the succeeded window", load_event("forced_rerun"), "STARTED"),
-            ("4. a bad event (Feb 30 in the path)", load_event("bad_event"), "Intake.InvalidS3Key"),
-        ]
-        for title, payload, expect in steps:
-            if title.startswith("3."):
-                lock = sb.locks()[0]
-                sb.set_lock({**lock, "status": "SUCCEEDED"})
-                print("   (the stand-in pipeline does not finalize locks; marked the window SUCCEEDED "
-                      "as a finished pipeline run does)\n")
-            result = sb.intake(payload)
-            print(execution_trace(title, result, sb.engine.history(result.arn)) + "\n")
-            got = result.output["status"] if result.status == "SUCCEEDED" else result.error
-            if got != expect:
-                failures += 1
-                print(f"!! expected {expect}, got {got}", file=sys.stderr)
+        live = load_event("pipes_batch")
+        deliver("1. live event (EventBridge Pipes batch from SQS)", live, "DeltaBuilderFails", "STARTED",
+                "Pipeline.BuildFailed")
+        deliver("2. the same event redelivered: the FAILED window runs again", live, "HappyPath", "STARTED",
+                "SUCCEEDED")
+        deliver("3. redelivered once more", live, "HappyPath", "DUPLICATE_SUPPRESSED")
+        deliver("4. forced re-run of the succeeded window", load_event("forced_rerun"), "HappyPath", "STARTED",
+                "SUCCEEDED")
+        deliver("5. a bad event (Feb 30 in the path)", load_event("bad_event"), "HappyPath", "Intake.InvalidS3Key")
         print("== lock ledger")
         print(ledger_table(sb.locks()))
-        print(f"\npipeline executions started: {len(sb.pipeline_executions())}")
+        print(f"\npipeline executions: {len(sb.pipeline_executions())}")
     return 1 if failures else 0
 
 
 def cmd_bench(args) -> int:
-    """Benchmark every intake path; a Markdown table on stdout (or JSON Lines with --json)."""
-    from .bench import bench_intake
-    rows = bench_intake(runs=args.runs)
+    """Benchmark every intake and pipeline path; a Markdown table on stdout (or JSON Lines with --json)."""
+    from .bench import bench_intake, bench_pipeline
+    rows = bench_intake(runs=args.runs) + bench_pipeline(runs=args.runs)
     if args.json:
         for row in rows:
             print(json.dumps(row))

@@ -14,18 +14,17 @@ def _ms(a: datetime, b: datetime) -> float:
 def execution_trace(title: str, execution, events: list[dict]) -> str:
     """States in order with their durations, then the result or the error."""
     lines = [f"== {title}", f"   execution: {execution.arn.rsplit(':', 1)[-1]}  status: {execution.status}"]
-    open_state: tuple[str, datetime] | None = None
     end = events[-1]["timestamp"] if events else None
+    entered: list[list] = []  # [name, entered_at, exited_at] in order of entry (branches nest)
     for e in events:
-        entered = e.get("stateEnteredEventDetails")
-        exited = e.get("stateExitedEventDetails")
-        if entered:
-            open_state = (entered["name"], e["timestamp"])
-        elif exited and open_state:
-            lines.append(f"   {_ms(open_state[1], e['timestamp']):7.1f} ms  {exited['name']}")
-            open_state = None
-    if open_state:  # a Fail state has no exit event
-        lines.append(f"   {_ms(open_state[1], end):7.1f} ms  {open_state[0]}")
+        if e.get("stateEnteredEventDetails"):
+            entered.append([e["stateEnteredEventDetails"]["name"], e["timestamp"], None])
+        elif e.get("stateExitedEventDetails"):
+            name = e["stateExitedEventDetails"]["name"]
+            row = next(r for r in reversed(entered) if r[0] == name and r[2] is None)
+            row[2] = e["timestamp"]
+    for name, start, stop in entered:  # a Fail state has no exit event
+        lines.append(f"   {_ms(start, stop or end):7.1f} ms  {name}")
     if execution.status == "SUCCEEDED":
         lines.append("   result: " + json.dumps(execution.output, indent=2).replace("\n", "\n   "))
     else:
@@ -35,7 +34,7 @@ def execution_trace(title: str, execution, events: list[dict]) -> str:
 
 
 def ledger_table(locks: list[dict]) -> str:
-    cols = ["lock_key", "status", "attempts", "mini_batch_id", "source", "reason"]
+    cols = ["lock_key", "status", "attempts", "mini_batch_id", "source", "error", "reason"]
     rows = [[str(lock.get(c, "")) for c in cols] for lock in locks]
     widths = [max(len(c), *(len(r[i]) for r in rows)) if rows else len(c) for i, c in enumerate(cols)]
     fmt = "  ".join(f"{{:{w}}}" for w in widths)
