@@ -1,4 +1,4 @@
-"""The `mlbatch` command: render | run | bench."""
+"""The `mlbatch` command: render | run | extract | bench."""
 from __future__ import annotations
 
 import argparse
@@ -85,6 +85,47 @@ def cmd_bench(args) -> int:
     return 0
 
 
+def cmd_extract(args) -> int:
+    """Historical extractor: batch folders in S3 over a date range -> execution units (JSON Lines)."""
+    import datetime as dt
+    import itertools
+
+    from .extract import ExtractError, Extractor, open_output, write_units
+
+    def progress(msg: str) -> None:
+        if not args.quiet:
+            print(msg, end="", file=sys.stderr, flush=True)
+    try:
+        first, last = (dt.date.fromisoformat(v) for v in (args.date_from, args.date_to))
+    except ValueError as exc:
+        print(f"mlbatch extract: --from/--to must be YYYY-MM-DD: {exc}", file=sys.stderr)
+        return 2
+    ex = Extractor(args.bucket, args.defaults_table, representative=args.representative,
+                   strict=args.strict, workers=args.workers, progress=progress)
+    try:
+        units = ex.units(first, last, args.prefix, args.project or None)
+        if args.dry_run:
+            for (project, day), group in itertools.groupby(
+                    units, key=lambda u: (u["project_name"], u["mini_batch_s3_prefix"].split("/")[-5:-2])):
+                group = list(group)
+                row = {"project_name": project, "day": "-".join(day), "units": len(group)}
+                if args.lock_table:
+                    row["already_succeeded"] = ex.count_succeeded(args.lock_table, group)
+                    ex.report.already_succeeded += row["already_succeeded"]
+                print(json.dumps(row))
+        else:
+            if not args.output:
+                print("mlbatch extract: --output is required (a path, '-' or s3://bucket/key)", file=sys.stderr)
+                return 2
+            with open_output(args.output) as out:
+                write_units(units, out)
+    except ExtractError as exc:
+        print(f"mlbatch extract: {exc}", file=sys.stderr)
+        return 1
+    print(json.dumps({"summary": ex.report.as_dict()}), file=sys.stderr)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="mlbatch", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -95,6 +136,26 @@ def main(argv: list[str] | None = None) -> int:
                        epilog="example: mlbatch render --check   # exit 1 names stale files")
     p.add_argument("--check", action="store_true", help="change nothing; exit 1 if any rendered file is stale")
     p.set_defaults(func=cmd_render)
+    p = sub.add_parser("extract", help=cmd_extract.__doc__, description=cmd_extract.__doc__,
+                       formatter_class=argparse.RawDescriptionHelpFormatter,
+                       epilog="example:\n  mlbatch extract --bucket ingest --from 2024-01-01 --to 2024-12-31 \\\n"
+                              "      --defaults-table mlbatch-ProjectDefaults --output s3://artifacts/units.jsonl\n"
+                              "exit codes: 0 done, 1 extraction failed (message on stderr), 2 bad arguments")
+    p.add_argument("--bucket", required=True, help="the ingestion bucket")
+    p.add_argument("--from", dest="date_from", required=True, help="first path date, YYYY-MM-DD")
+    p.add_argument("--to", dest="date_to", required=True, help="last path date, YYYY-MM-DD (inclusive)")
+    p.add_argument("--prefix", help="org1/org2 (default: discover every org pair)")
+    p.add_argument("--project", action="append", help="a project (repeatable; default: discover)")
+    p.add_argument("--defaults-table", required=True, help="project-defaults table (feature_spec_version)")
+    p.add_argument("--output", help="a path, '-' for stdout, or s3://bucket/key")
+    p.add_argument("--representative", choices=["earliest", "latest"], default="earliest",
+                   help="which object's LastModified stands for the batch (default earliest)")
+    p.add_argument("--strict", action="store_true", help="an unknown project is fatal instead of skipped")
+    p.add_argument("--dry-run", action="store_true", help="print the plan per project and day; write nothing")
+    p.add_argument("--lock-table", help="with --dry-run: count windows already SUCCEEDED")
+    p.add_argument("--workers", type=int, default=8, help="days listed in parallel (default 8)")
+    p.add_argument("--quiet", action="store_true", help="no progress on stderr")
+    p.set_defaults(func=cmd_extract)
     p = sub.add_parser("run", help=cmd_run.__doc__, description=cmd_run.__doc__, epilog="example: mlbatch run")
     p.set_defaults(func=cmd_run)
     p = sub.add_parser("bench", help=cmd_bench.__doc__, description=cmd_bench.__doc__,

@@ -1,0 +1,184 @@
+"""The historical extractor against moto S3 with a realistic layout."""
+from __future__ import annotations
+
+import datetime as dt
+import json
+
+import boto3
+import pytest
+
+from mlbatch.cli import main
+from mlbatch.extract import ExtractError, Extractor, iso_from_last_modified
+from mlbatch.sandbox import load_event
+from mlbatch.window import window_for
+
+BUCKET = "history-ingest"
+UTC = dt.timezone.utc
+
+
+def at(s: str) -> dt.datetime:
+    return dt.datetime.fromisoformat(s).replace(tzinfo=UTC)
+
+
+# key -> LastModified (whole seconds: what S3 listings report). Three org pairs, four projects (one unknown), days across a month
+# boundary in a leap year, folders whose files straddle a window boundary, empty folders, strays.
+LAYOUT = {
+    # traffic-anomaly: files straddling 00:08 (the earliest decides the window)
+    "acme/netsec/traffic-anomaly/2024/02/28/mb-001/part-0.json.gz": at("2024-02-28T23:52:59"),
+    "acme/netsec/traffic-anomaly/2024/02/28/mb-001/part-1.json.gz": at("2024-02-28T23:53:02"),
+    "acme/netsec/traffic-anomaly/2024/02/29/mb-002/part-0.json.gz": at("2024-03-01T00:07:59"),
+    "acme/netsec/traffic-anomaly/2024/02/29/mb-002/part-1.json.gz": at("2024-03-01T00:08:00"),
+    "acme/netsec/traffic-anomaly/2024/02/29/mb-003/part-0.json.gz": at("2024-02-29T12:38:00"),
+    "acme/netsec/traffic-anomaly/2024/03/01/mb-004/a.json.gz": at("2024-03-01T00:23:00"),
+    "acme/netsec/traffic-anomaly/2024/03/01/mb-004/b.json.gz": at("2024-03-01T00:22:00"),
+    "acme/netsec/traffic-anomaly/2024/03/01/mb-004/c.json.gz": at("2024-03-01T00:24:00"),
+    "acme/netsec/traffic-anomaly/2024/03/01/mb-empty/": at("2024-03-01T01:00:00"),       # empty folder
+    "acme/netsec/traffic-anomaly/2024/03/01/stray.json.gz": at("2024-03-01T01:00:00"),    # not in a batch
+    "acme/netsec/traffic-anomaly/2024/03/01/mb-005/deep/x.json.gz": at("2024-03-01T01:00:00"),  # too deep
+    "acme/netsec/traffic-anomaly/2024/03/02/mb-006/part-0.json.gz": at("2024-03-02T00:00:00"),  # out of range
+    "acme/netsec/traffic-anomaly/README.md": at("2024-01-01T00:00:00"),                     # not a day
+    # dns-tunnel and cdn-bots: plain folders
+    "acme/netsec/dns-tunnel/2024/02/29/mb-a/f.json.gz": at("2024-02-29T23:59:59"),
+    "acme/edge/cdn-bots/2024/03/01/mb-b/f.json.gz": at("2024-03-01T10:10:10"),
+    "acme/edge/cdn-bots/2024/03/01/mb-c/": at("2024-03-01T10:10:10"),                   # marker ...
+    "acme/edge/cdn-bots/2024/03/01/mb-c/f.json.gz": at("2024-03-01T10:40:00"),         # ... with a file
+    # a project with no defaults item
+    "globex/soc/unknown-proj/2024/03/01/mb-z/f.json.gz": at("2024-03-01T05:00:00"),
+}
+KNOWN = {"traffic-anomaly": "fs-2024-06", "dns-tunnel": "fs-dns-3", "cdn-bots": "v7"}
+
+
+@pytest.fixture(scope="module")
+def history(sandbox):
+    from moto.s3.models import s3_backends
+    s3 = boto3.client("s3", region_name="us-east-1")
+    s3.create_bucket(Bucket=BUCKET)
+    backend = s3_backends["123456789012"]["aws"]
+    for key, when in LAYOUT.items():
+        s3.put_object(Bucket=BUCKET, Key=key, Body=b"" if key.endswith("/") else b"{}")
+        backend.get_object(BUCKET, key).last_modified = when.replace(tzinfo=None)
+    for project, fsv in KNOWN.items():
+        sandbox.put_defaults({**load_event("project_defaults"), "project_name": project, "feature_spec_version": fsv})
+    return sandbox
+
+
+def reference_units(representative="earliest") -> list[dict]:
+    """The units computed straight from LAYOUT with the window reference."""
+    folders: dict[str, list[tuple[dt.datetime, str]]] = {}
+    for key, when in LAYOUT.items():
+        parts = key.split("/")
+        if len(parts) != 8 or not parts[7] or parts[3:6] > ["2024", "03", "01"] or parts[2] not in KNOWN:
+            continue
+        folders.setdefault("/".join(parts[:7]), []).append((when, key))
+    units = []
+    for folder, files in sorted(folders.items()):
+        when, key = (min if representative == "earliest" else max)(files)
+        org1, org2, project, y, m, d, batch = folder.split("/")
+        start, end = window_for(iso_from_last_modified(when))
+        units.append({"project_name": project, "org1": org1, "org2": org2, "mini_batch_id": batch,
+                      "mini_batch_s3_prefix": f"s3://{BUCKET}/{folder}/", "feature_spec_version": KNOWN[project],
+                      "batch_start_ts_iso": start, "batch_end_ts_iso": end, "source": "backfill",
+                      "representative_key": key, "representative_last_modified": iso_from_last_modified(when)})
+    return units
+
+
+def extractor(history, **kw) -> Extractor:
+    return Extractor(BUCKET, history.table("ProjectDefaultsTable"), workers=4, **kw)
+
+
+def key_of(u):
+    return u["mini_batch_s3_prefix"]
+
+
+def test_extract_units_equal_the_python_reference(history):
+    ex = extractor(history)
+
+    units = list(ex.units(dt.date(2024, 2, 28), dt.date(2024, 3, 1)))
+
+    assert sorted(units, key=key_of) == sorted(reference_units(), key=key_of)
+    boundary = next(u for u in units if u["mini_batch_id"] == "mb-002")
+    assert (boundary["batch_start_ts_iso"], boundary["batch_end_ts_iso"]) == (
+        "2024-02-29T23:53:00Z", "2024-03-01T00:07:59Z")
+
+
+def test_extract_reports_what_it_skipped_and_why(history):
+    ex = extractor(history)
+    list(ex.units(dt.date(2024, 2, 28), dt.date(2024, 3, 1)))
+
+    r = ex.report.as_dict()
+    assert r["units"] == len(reference_units())
+    assert r["skipped"] == {"empty batch folder": 1, "project not in the defaults table": 1}
+    assert r["stray_keys"] == {"file directly in the day folder": 1, "deeper than <mini_batch_id>/<file>": 1}
+    assert r["folders"] == r["units"] + 2
+    # 4 projects x 3 days, one page each; discovery: orgs, org pairs, projects
+    assert r["api_calls"]["ListObjectsV2"] == 12
+    assert r["api_calls"]["ListObjectsV2 (discovery)"] == 1 + 2 + 3
+    assert r["api_calls"]["BatchGetItem"] == 1
+    assert "HeadObject" not in r["api_calls"]
+
+
+def test_extract_latest_representative_moves_straddling_windows(history):
+    units = {u["mini_batch_id"]: u for u in extractor(history, representative="latest").units(
+        dt.date(2024, 2, 28), dt.date(2024, 3, 1))}
+    assert units == {u["mini_batch_id"]: u for u in reference_units("latest")}
+    assert units["mb-002"]["batch_start_ts_iso"] == "2024-03-01T00:08:00Z"
+
+
+def test_extract_given_prefix_and_project_lists_only_those(history):
+    ex = extractor(history)
+    units = list(ex.units(dt.date(2024, 2, 29), dt.date(2024, 2, 29), "acme/netsec", ["dns-tunnel"]))
+    assert [u["mini_batch_id"] for u in units] == ["mb-a"]
+    assert "ListObjectsV2 (discovery)" not in ex.report.api_calls
+
+
+def test_extract_strict_fails_on_an_unknown_project(history):
+    with pytest.raises(ExtractError, match="unknown-proj"):
+        list(extractor(history, strict=True).units(dt.date(2024, 3, 1), dt.date(2024, 3, 1)))
+
+
+def test_extract_rejects_a_reversed_range_and_a_bad_prefix(history):
+    with pytest.raises(ExtractError, match="before"):
+        list(extractor(history).units(dt.date(2024, 3, 2), dt.date(2024, 3, 1)))
+    with pytest.raises(ExtractError, match="org1/org2"):
+        list(extractor(history).units(dt.date(2024, 3, 1), dt.date(2024, 3, 1), "acme"))
+
+
+def test_extract_cli_streams_units_to_s3_and_summarises(history, capsys):
+    s3 = boto3.client("s3", region_name="us-east-1")
+    s3.create_bucket(Bucket="artifacts")
+
+    code = main(["extract", "--bucket", BUCKET, "--from", "2024-02-28", "--to", "2024-03-01", "--quiet",
+                 "--defaults-table", history.table("ProjectDefaultsTable"), "--output", "s3://artifacts/u.jsonl"])
+
+    assert code == 0
+    body = s3.get_object(Bucket="artifacts", Key="u.jsonl")["Body"].read().decode()
+    assert sorted((json.loads(line) for line in body.splitlines()), key=key_of) == sorted(reference_units(), key=key_of)
+    summary = json.loads(capsys.readouterr().err.strip().splitlines()[-1])["summary"]
+    assert summary["units"] == len(reference_units())
+
+
+def test_extract_dry_run_plans_per_day_and_counts_succeeded_windows(history, capsys):
+    done = reference_units()[0]
+    history.set_lock({"lock_key": "#".join([done["project_name"], done["feature_spec_version"],
+                                            done["batch_start_ts_iso"], done["batch_end_ts_iso"]]),
+                      "status": "SUCCEEDED"})
+
+    code = main(["extract", "--bucket", BUCKET, "--from", "2024-02-28", "--to", "2024-03-01", "--quiet",
+                 "--defaults-table", history.table("ProjectDefaultsTable"), "--dry-run",
+                 "--lock-table", history.table("LockTable")])
+
+    assert code == 0
+    plan = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert sum(p["units"] for p in plan) == len(reference_units())
+    assert sum(p["already_succeeded"] for p in plan) == 1
+    assert {"project_name": "traffic-anomaly", "day": "2024-03-01", "units": 1, "already_succeeded": 0} in plan
+    history.clear_locks()
+
+
+def test_extract_cli_names_bad_arguments(history, capsys):
+    code = main(["extract", "--bucket", BUCKET, "--from", "2024-13-01", "--to", "2024-03-01",
+                 "--defaults-table", "t", "--output", "-"])
+    assert code == 2 and "YYYY-MM-DD" in capsys.readouterr().err
+    code = main(["extract", "--bucket", "no-such-bucket", "--from", "2024-03-01", "--to", "2024-03-01",
+                 "--defaults-table", history.table("ProjectDefaultsTable"), "--output", "-", "--quiet"])
+    assert code == 1 and "no-such-bucket" in capsys.readouterr().err
