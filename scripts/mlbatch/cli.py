@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 
 __all__ = ["main"]
@@ -100,6 +101,9 @@ def cmd_extract(args) -> int:
     except ValueError as exc:
         print(f"mlbatch extract: --from/--to must be YYYY-MM-DD: {exc}", file=sys.stderr)
         return 2
+    # in the backfill's processing job, optional filters arrive as environment variables
+    args.prefix = args.prefix or os.environ.get("MLBATCH_EXTRACT_PREFIX") or None
+    args.project = args.project or [p for p in os.environ.get("MLBATCH_EXTRACT_PROJECTS", "").split(",") if p]
     ex = Extractor(args.bucket, args.defaults_table, representative=args.representative,
                    strict=args.strict, workers=args.workers, progress=progress)
     try:

@@ -55,6 +55,7 @@ def environment(extra_paths: list[Path] | None = None) -> jinja2.Environment:
                              autoescape=False, keep_trailing_newline=True,
                              extensions=["jinja2.ext.do"])
     env.filters["compact"] = lambda v: json.dumps(v, separators=(",", ":"))
+    env.filters["regex_replace_int"] = lambda v, fmt: fmt % int(v)
     env.globals.update(tables=lookup_tables(), arr=_intrinsic_array, cron=CRON)
     return env
 

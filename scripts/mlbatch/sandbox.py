@@ -23,6 +23,7 @@ EXAMPLE_PARAMETERS = {
     "OutputBucketName": "mlbatch-example-features",
     "DeltaBuilderImageUri": "123456789012.dkr.ecr.us-east-1.amazonaws.com/delta-builder:1.4.0",
     "PairCountsBuilderImageUri": "123456789012.dkr.ecr.us-east-1.amazonaws.com/pair-counts-builder:2.1.0",
+    "ExtractorImageUri": "123456789012.dkr.ecr.us-east-1.amazonaws.com/mlbatch:0.1.0",
 }
 EVENTS = ROOT / "tests" / "events"
 #: Builder mocks, Step Functions Local format: `<pipeline ARN>#<TestCase>` runs a test case.

@@ -43,8 +43,9 @@ class Template:
     # physical names: the logical id, as a stack would prefix it, minus the random suffix
     def physical_name(self, logical: str) -> str:
         props = self.doc["Resources"][logical].get("Properties", {})
-        explicit = props.get("TableName") or props.get("Name")
-        return self.resolve(explicit) if explicit else f"mlbatch-{logical}"
+        explicit = props.get("TableName") or props.get("Name") or props.get("BucketName")
+        name = self.resolve(explicit) if explicit else f"mlbatch-{logical}"
+        return name.lower() if self.doc["Resources"][logical]["Type"] == "AWS::S3::Bucket" else name
 
     def arn(self, logical: str) -> str:
         kind = self.doc["Resources"][logical]["Type"]
@@ -53,6 +54,8 @@ class Template:
             return f"arn:aws:dynamodb:{self.region}:{self.account}:table/{name}"
         if kind == "AWS::Serverless::StateMachine":
             return f"arn:aws:states:{self.region}:{self.account}:stateMachine:{name}"
+        if kind == "AWS::S3::Bucket":
+            return f"arn:aws:s3:::{name}"
         if kind == "AWS::IAM::Role":
             return f"arn:aws:iam::{self.account}:role/{name}"
         raise KeyError(f"no ARN rule for {kind} ({logical})")

@@ -284,6 +284,40 @@ def _patch_states_error_names():
             for module in (mock_eval_utils, branches_decl, iteration_worker)]
 
 
+# --- ItemReader InputType JSONL -------------------------------------------------------------
+
+def _patch_jsonl_reader():
+    from moto.stepfunctions.parser.asl.component.state.exec.state_map.item_reader import item_reader_decl
+    from moto.stepfunctions.parser.asl.component.state.exec.state_map.item_reader.eval.resource_output_transformer.transformer_json import (  # noqa: E501
+        ResourceOutputTransformerJson,
+    )
+    from moto.stepfunctions.parser.asl.component.state.exec.state_map.item_reader.reader_config.input_type import (
+        InputType,
+    )
+
+    init, factory = InputType.__init__, item_reader_decl.resource_output_transformer_for
+
+    class JsonLines(ResourceOutputTransformerJson):
+        # AWS ItemReader InputType "JSONL": one JSON value per line, blank lines ignored.
+        def _eval_body(self, env):
+            reader_config = env.stack.pop()
+            text = env.stack.pop()
+            items = [json.loads(line) for line in text.splitlines() if line.strip()]
+            env.stack.append(items[:reader_config["MaxItemsValue"]])
+
+    def input_type_init(self, input_type: str):
+        if input_type == "JSONL":
+            self.input_type_value = "JSONL"
+        else:
+            init(self, input_type)
+
+    def transformer_for(input_type):
+        return JsonLines() if input_type.input_type_value == "JSONL" else factory(input_type)
+
+    return [(InputType, "__init__", input_type_init),
+            (item_reader_decl, "resource_output_transformer_for", transformer_for)]
+
+
 FIXES: dict[str, Fix] = {f.name: f for f in [
     Fix("service_normalisation",
         "states:startExecution fails with States.Runtime 'StateMachineArn': request/response "
@@ -309,6 +343,9 @@ FIXES: dict[str, Fix] = {f.name: f for f in [
         "Parallel branch or Map iteration, crashes the execution with States.Runtime: the engine "
         "rebuilds it as a custom error name, which may not start with 'States.'.",
         _patch_states_error_names),
+    Fix("jsonl_item_reader",
+        "ItemReader InputType JSONL (JSON Lines manifests) is unknown: CreateStateMachine fails "
+        "with \"'JSONL' is not a valid InputTypeValue\".", _patch_jsonl_reader),
 ]}
 
 

@@ -49,6 +49,7 @@ class Deployment:
     template: Template
     state_machines: dict[str, str] = field(default_factory=dict)  # logical id -> ARN
     tables: dict[str, str] = field(default_factory=dict)          # logical id -> name
+    buckets: dict[str, str] = field(default_factory=dict)         # logical id -> name
 
 
 class Engine:
@@ -101,6 +102,10 @@ class Engine:
                 AttributeDefinitions=props["AttributeDefinitions"],
                 BillingMode=props.get("BillingMode", "PAY_PER_REQUEST"))
             dep.tables[logical] = name
+        s3 = self.client("s3")
+        for logical in template.resources("AWS::S3::Bucket"):
+            dep.buckets[logical] = template.physical_name(logical)
+            s3.create_bucket(Bucket=dep.buckets[logical])
         for name, definition in (stand_ins or {}).items():
             self.sfn.create_state_machine(name=name, definition=json.dumps(definition), roleArn=ROLE_ARN)
         for logical in template.state_machines:
