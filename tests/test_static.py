@@ -73,11 +73,17 @@ def test_every_template_has_its_rendered_file():
     assert {p.name for p in ASL_FILES} == {p.name.removesuffix(".j2") for p in render.TEMPLATES.glob("*.asl.json.j2")}
 
 
+# statelint predates ItemReader's ReaderConfig.InputType (required by AWS for CSV/JSON/JSONL
+# manifests); asl-validator knows it. Only that message is forgiven.
+STATELINT_GAPS = re.compile(r'Field "InputType" not allowed in .*\.ItemReader\.ReaderConfig')
+
+
 @pytest.mark.parametrize("asl", ASL_FILES, ids=lambda p: p.name)
 def test_statelint_accepts(asl):
     exe = tool(Path(sys.executable).with_name("statelint"), "statelint")
     run = subprocess.run([exe, "--ignore=URI,FLOAT", str(asl)], capture_output=True, text=True)
-    assert run.returncode == 0 and not run.stdout.strip(), run.stdout + run.stderr
+    problems = [line for line in run.stdout.splitlines()[1:] if line.strip() and not STATELINT_GAPS.search(line)]
+    assert not problems and not run.stderr.strip(), run.stdout + run.stderr
 
 
 @pytest.mark.parametrize("asl", ASL_FILES, ids=lambda p: p.name)

@@ -60,6 +60,20 @@ ERRORS: dict[str, tuple[str, str]] = {
         "(reset, or re-acquired after lock_release); the outputs were written but not recorded.",
         "Read the lock ledger: if the window's current run succeeded, nothing to do; otherwise replay.",
     ),
+    "Backfill.InvalidInput": (
+        "The backfill input is none of {from, to[, prefix][, projects]}, {manifest: {bucket, key}} "
+        "or a non-empty {units: [...]}. Nothing was started.",
+        "Start it again with one of the documented inputs (examples in tests/events/).",
+    ),
+    "Backfill.ExtractFailed": (
+        "The extractor's SageMaker Processing job failed; its FailureReason is in the cause. "
+        "Nothing was started.",
+        "Read the job's log (/aws/sagemaker/ProcessingJobs), fix the cause, start the backfill again.",
+    ),
+    "Backfill.InvalidUnit": (
+        "(per unit, counted as failed) A unit lacks a field of the execution-unit contract.",
+        "Fix the manifest line and run the backfill again: done windows are suppressed.",
+    ),
     "LockRelease.InvalidEvent": (
         "lock_release was started with something other than a Step Functions Execution Status "
         "Change event (detail.executionArn, status and input).",

@@ -130,6 +130,16 @@ class Sandbox:
                 self.template.definition("IntakeStateMachine", subs))
         return self._intakes[key]
 
+    def backfill_variant(self, case: str) -> str:
+        """The deployed backfill's definition starting the pipeline as `<pipeline ARN>#<case>`,
+        named `mlbatch-backfill-<case>` (the name its own test cases are keyed by)."""
+        key = ("backfill", case)
+        if key not in self._intakes:
+            definition = self.template.definition(
+                "BackfillStateMachine", {"PipelineStateMachineArn": f"{self.pipeline_arn}#{case}"})
+            self._intakes[key] = self.engine.create_machine(f"mlbatch-backfill-{case}", definition)
+        return self._intakes[key]
+
     def use_intake(self, pipeline: str = "pipeline", case: str | None = None) -> None:
         """Make `intake()` run that variant (the deployed intake when both are defaults)."""
         default = (pipeline, case) == ("pipeline", None)
