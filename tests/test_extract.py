@@ -110,11 +110,18 @@ def test_extract_reports_what_it_skipped_and_why(history):
     assert r["skipped"] == {"empty batch folder": 1, "project not in the defaults table": 1}
     assert r["stray_keys"] == {"file directly in the day folder": 1, "deeper than <mini_batch_id>/<file>": 1}
     assert r["folders"] == r["units"] + 2
-    # 4 projects x 3 days, one page each; discovery: orgs, org pairs, projects
-    assert r["api_calls"]["ListObjectsV2"] == 12
+    # one listing per project for the 3-day span (a page holds 1,000 keys); discovery: orgs, pairs, projects
+    assert r["api_calls"]["ListObjectsV2"] == 4
     assert r["api_calls"]["ListObjectsV2 (discovery)"] == 1 + 2 + 3
     assert r["api_calls"]["BatchGetItem"] == 1
     assert "HeadObject" not in r["api_calls"]
+
+
+def test_extract_spans_listed_in_parallel_give_the_same_units(history):
+    ex = extractor(history, span_days=1)
+    units = list(ex.units(dt.date(2024, 2, 28), dt.date(2024, 3, 1)))
+    assert units == list(extractor(history).units(dt.date(2024, 2, 28), dt.date(2024, 3, 1)))
+    assert ex.report.api_calls["ListObjectsV2"] == 12  # 4 projects x 3 one-day spans
 
 
 def test_extract_latest_representative_moves_straddling_windows(history):

@@ -10,7 +10,7 @@ from collections.abc import Callable
 from .engine.harness import service_calls
 from .sandbox import Sandbox, load_event
 
-__all__ = ["bench_intake", "bench_pipeline"]
+__all__ = ["bench_intake", "bench_pipeline", "bench_extractor", "bench_backfill_unit"]
 
 
 def _key(event: dict, project: str | None = None, batch: str | None = None) -> dict:
@@ -141,4 +141,131 @@ def bench_pipeline(runs: int = 20, progress: Callable[[str], None] | None = None
             samples.append(_measure(sb, release))
         progress(f"bench: lock_release done ({runs} runs)")
         rows.append(_row("lock_release: releases an owned lock", samples))
+    return rows
+
+
+def _populate(bucket: str, folders: int, files_per_folder: int = 1) -> int:
+    """Write `folders` batch folders (96 a day from 2023-01-01) straight into moto's S3 backend."""
+    import datetime as dt
+
+    from moto.s3.models import s3_backends
+    backend = s3_backends["123456789012"]["aws"]
+    backend.create_bucket(bucket, "us-east-1")
+    start = dt.datetime(2023, 1, 1, 0, 8)
+    objects = 0
+    for i in range(folders):
+        t = start + dt.timedelta(minutes=15 * i)
+        for f in range(files_per_folder):
+            key = f"acme/netsec/traffic-anomaly/{t:%Y/%m/%d}/mb-{i:06d}/part-{f}.json.gz"
+            backend.put_object(bucket, key, b"{}")
+            backend.get_object(bucket, key).last_modified = t + dt.timedelta(seconds=30 + f)
+            objects += 1
+    return objects
+
+
+def _serve_history(sizes: tuple[int, ...], port_queue, stop) -> None:
+    """In a child process: moto's server on 127.0.0.1 holding one bucket per size, so the
+    parent's memory measurement covers the extractor alone."""
+    import logging
+
+    import boto3
+    from moto.server import ThreadedMotoServer
+
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    ddb = boto3.client("dynamodb", region_name="us-east-1", endpoint_url=f"http://{host}:{port}",
+                       aws_access_key_id="testing", aws_secret_access_key="testing")
+    ddb.create_table(TableName="bench-defaults", BillingMode="PAY_PER_REQUEST",
+                     KeySchema=[{"AttributeName": "project_name", "KeyType": "HASH"}],
+                     AttributeDefinitions=[{"AttributeName": "project_name", "AttributeType": "S"}])
+    ddb.put_item(TableName="bench-defaults", Item={"project_name": {"S": "traffic-anomaly"},
+                                                    "feature_spec_version": {"S": "fs-1"}})
+    port_queue.put((f"http://{host}:{port}", {n: _populate(f"bench-{n}", n) for n in sizes}))
+    stop.wait(3600)
+    server.stop()
+
+
+def bench_extractor(sizes: tuple[int, ...] = (3_500, 17_520, 35_040),
+                    progress: Callable[[str], None] | None = None) -> list[dict]:
+    """The extractor against moto's threaded server (another process, over HTTP on 127.0.0.1):
+    API calls against the floor, HeadObject calls, folders per minute, peak memory."""
+    import datetime as dt
+    import logging
+    import math
+    import multiprocessing
+    import os
+    import tempfile
+    import time
+    import tracemalloc
+    from collections import Counter
+
+    import boto3
+
+    from .extract import Extractor, write_units
+
+    progress = progress or (lambda msg: print(msg, file=sys.stderr))
+    os.environ.setdefault("AWS_ACCESS_KEY_ID", "testing")
+    os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "testing")
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)
+    ctx = multiprocessing.get_context("spawn")
+    ports, stop = ctx.Queue(), ctx.Event()
+    child = ctx.Process(target=_serve_history, args=(sizes, ports, stop), daemon=True)
+    child.start()
+    rows = []
+    try:
+        endpoint, objects_by_size = ports.get(timeout=600)
+        for folders in sizes:
+            calls: Counter = Counter()
+            s3 = boto3.client("s3", region_name="us-east-1", endpoint_url=endpoint)
+            s3.meta.events.register("before-call.s3.*", lambda model, **kw: calls.update([model.name]))
+            ex = Extractor(f"bench-{folders}", "bench-defaults", s3=s3, workers=8,
+                           dynamodb=boto3.client("dynamodb", region_name="us-east-1", endpoint_url=endpoint))
+            last = dt.date(2023, 1, 1) + dt.timedelta(days=math.ceil(folders / 96) - 1)
+            tracemalloc.start()
+            began = time.perf_counter()
+            with tempfile.TemporaryFile("w+") as out:
+                write_units(ex.lines(dt.date(2023, 1, 1), last), out)
+            seconds = time.perf_counter() - began
+            _, peak = tracemalloc.get_traced_memory()
+            tracemalloc.stop()
+            progress(f"bench: extractor {folders} folders done in {seconds:.1f}s")
+            objects = objects_by_size[folders]
+            rows.append({"folders": ex.report.folders, "objects": objects,
+                         "list_calls": calls["ListObjectsV2"] - ex.report.api_calls["ListObjectsV2 (discovery)"],
+                         "list_floor": math.ceil(objects / 1000),
+                         "discovery_calls": ex.report.api_calls["ListObjectsV2 (discovery)"],
+                         "head_calls": calls["HeadObject"], "folders_per_min": round(ex.report.folders / seconds * 60),
+                         "peak_mib": round(peak / 2**20, 1)})
+    finally:
+        stop.set()
+        child.join(30)
+    return rows
+
+
+def bench_backfill_unit(progress: Callable[[str], None] | None = None) -> list[dict]:
+    """State transitions and service calls per backfill unit, by outcome.
+
+    The engine keeps a Distributed Map's child executions out of the parent's history, so
+    the backfill's item processor runs here as a machine of its own, per outcome."""
+    progress = progress or (lambda msg: print(msg, file=sys.stderr))
+    rows = []
+    with Sandbox() as sb:
+        sb.put_defaults(load_event("project_defaults"))
+        definition = json.loads(sb.template.definition(
+            "BackfillStateMachine", {"PipelineStateMachineArn": sb.pipeline_arn + "#HappyPath"}))
+        processor = definition["States"]["Process the manifest"]["ItemProcessor"]
+        processor.pop("ProcessorConfig")
+        machine = sb.engine.create_machine("bench-backfill-unit", processor)
+        sb.engine.dynamodb.put_item(TableName=sb.table("BackfillRunsTable"), Item={"run_id": {"S": "bench"}})
+        unit = {"project_name": "traffic-anomaly", "org1": "acme", "org2": "netsec", "mini_batch_id": "mb-1",
+                "mini_batch_s3_prefix": "s3://mlbatch-example-ingest/acme/netsec/traffic-anomaly/2024/03/01/mb-1/",
+                "feature_spec_version": "fs-2024-06", "batch_start_ts_iso": "2024-03-01T00:08:00Z",
+                "batch_end_ts_iso": "2024-03-01T00:09:00Z", "source": "backfill"}
+        for label, payload in [("unit started (pipeline waited for)", unit), ("unit suppressed (window done)", unit),
+                               ("unit failed (incomplete)", {"project_name": "x"})]:
+            result = sb.engine.run(machine, {"unit": payload, "run_id": "bench"}, timeout=120)
+            rows.append(_row(f"backfill: {label}", [_measure(sb, result.arn)]))
+        progress("bench: backfill units done")
     return rows

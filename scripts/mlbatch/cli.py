@@ -70,19 +70,25 @@ def cmd_run(args) -> int:
     return 1 if failures else 0
 
 
+def _table(rows: list[dict]) -> str:
+    cols = list(rows[0])
+    lines = ["| " + " | ".join(cols) + " |", "|" + "|".join("---" for _ in cols) + "|"]
+    return "\n".join(lines + ["| " + " | ".join(str(r[c]) for c in cols) + " |" for r in rows])
+
+
 def cmd_bench(args) -> int:
-    """Benchmark every intake and pipeline path; a Markdown table on stdout (or JSON Lines with --json)."""
-    from .bench import bench_intake, bench_pipeline
-    rows = bench_intake(runs=args.runs) + bench_pipeline(runs=args.runs)
-    if args.json:
-        for row in rows:
-            print(json.dumps(row))
-        return 0
-    cols = ["path", "transitions", "service_calls", "p50_ms", "p95_ms", "runs"]
-    print("| " + " | ".join(cols) + " |")
-    print("|" + "|".join("---" for _ in cols) + "|")
-    for row in rows:
-        print("| " + " | ".join(str(row[c]) for c in cols) + " |")
+    """Benchmark intake, pipeline, backfill units and the extractor; Markdown tables on stdout
+    (JSON Lines with --json), progress on stderr."""
+    from .bench import bench_backfill_unit, bench_extractor, bench_intake, bench_pipeline
+    parts = {"intake": lambda: bench_intake(runs=args.runs), "pipeline": lambda: bench_pipeline(runs=args.runs),
+             "backfill": bench_backfill_unit, "extractor": bench_extractor}
+    for name in args.only or list(parts):
+        rows = parts[name]()
+        if args.json:
+            for row in rows:
+                print(json.dumps({"bench": name, **row}))
+        else:
+            print(f"\n### {name}\n\n{_table(rows)}")
     return 0
 
 
@@ -107,10 +113,9 @@ def cmd_extract(args) -> int:
     ex = Extractor(args.bucket, args.defaults_table, representative=args.representative,
                    strict=args.strict, workers=args.workers, progress=progress)
     try:
-        units = ex.units(first, last, args.prefix, args.project or None)
         if args.dry_run:
             for (project, day), group in itertools.groupby(
-                    units, key=lambda u: (u["project_name"], u["mini_batch_s3_prefix"].split("/")[-5:-2])):
+                    ex.units(first, last, args.prefix, args.project or None), key=lambda u: (u["project_name"], u["mini_batch_s3_prefix"].split("/")[-5:-2])):
                 group = list(group)
                 row = {"project_name": project, "day": "-".join(day), "units": len(group)}
                 if args.lock_table:
@@ -122,7 +127,7 @@ def cmd_extract(args) -> int:
                 print("mlbatch extract: --output is required (a path, '-' or s3://bucket/key)", file=sys.stderr)
                 return 2
             with open_output(args.output) as out:
-                write_units(units, out)
+                write_units(ex.lines(first, last, args.prefix, args.project or None), out)
     except ExtractError as exc:
         print(f"mlbatch extract: {exc}", file=sys.stderr)
         return 1
@@ -163,9 +168,11 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("run", help=cmd_run.__doc__, description=cmd_run.__doc__, epilog="example: mlbatch run")
     p.set_defaults(func=cmd_run)
     p = sub.add_parser("bench", help=cmd_bench.__doc__, description=cmd_bench.__doc__,
-                       epilog="example: mlbatch bench --runs 20")
+                       epilog="example: mlbatch bench --runs 20 --only intake --only pipeline")
     p.add_argument("--runs", type=int, default=20, help="executions per path (default 20)")
-    p.add_argument("--json", action="store_true", help="JSON Lines instead of a Markdown table")
+    p.add_argument("--json", action="store_true", help="JSON Lines instead of Markdown tables")
+    p.add_argument("--only", action="append", choices=["intake", "pipeline", "backfill", "extractor"],
+                   help="run only this part (repeatable)")
     p.set_defaults(func=cmd_bench)
     args = parser.parse_args(argv)
     return args.func(args)

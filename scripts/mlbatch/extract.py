@@ -1,8 +1,9 @@
 """The historical extractor: batch folders in S3 -> execution units (JSON Lines).
 
-One listing per day prefix (ListObjectsV2 pages of 1,000 keys; LastModified comes
-with the listing, so no HeadObject), objects grouped by batch folder as they
-stream past (keys arrive sorted, so a folder is contiguous), the representative
+One listing per project and span of days (ListObjectsV2 from the span's first
+day with StartAfter, pages of 1,000 keys, spans listed in parallel; LastModified
+comes with the listing, so no HeadObject), objects grouped by batch folder as
+they stream past (keys arrive sorted, so a folder is contiguous), the representative
 object's LastModified floored by the same window reference the ASL is generated
 from. Memory does not grow with the number of folders. Also the entry point of
 the backfill's SageMaker Processing step (`mlbatch extract ... --output
@@ -69,6 +70,25 @@ def _days(first: dt.date, last: dt.date) -> list[dt.date]:
     return [first + dt.timedelta(days=i) for i in range((last - first).days + 1)]
 
 
+def _is_day(parts: list[str], first: dt.date, last: dt.date) -> bool:
+    """parts == [YYYY, MM, dd] naming a real date within first..last."""
+    if len(parts) != 3 or [len(p) for p in parts] != [4, 2, 2] or not all(p.isascii() and p.isdigit() for p in parts):
+        return False
+    try:
+        return first <= dt.date(*map(int, parts)) <= last
+    except ValueError:
+        return False
+
+
+def _spans(first: dt.date, last: dt.date, days: int) -> list[tuple[dt.date, dt.date]]:
+    out, start = [], first
+    while start <= last:
+        end = min(last, start + dt.timedelta(days=days - 1))
+        out.append((start, end))
+        start = end + dt.timedelta(days=1)
+    return out
+
+
 def _ordered_map(pool: ThreadPoolExecutor, fn: Callable, items: Iterable, ahead: int) -> Iterator:
     """pool.map that keeps at most `ahead` results in flight (bounded memory, input order)."""
     pending = []
@@ -85,7 +105,7 @@ class Extractor:
 
     def __init__(self, bucket: str, defaults_table: str | None, *, s3=None, dynamodb=None,
                  representative: str = "earliest", strict: bool = False, workers: int = 8,
-                 progress: Callable[[str], None] | None = None):
+                 span_days: int = 10, progress: Callable[[str], None] | None = None):
         if representative not in ("earliest", "latest"):
             raise ExtractError(f"--representative must be earliest or latest, not {representative!r}")
         self.bucket = bucket
@@ -95,6 +115,7 @@ class Extractor:
         self.representative = representative
         self.strict = strict
         self.workers = workers
+        self.span_days = span_days
         self.progress = progress or (lambda msg: None)
         self.report = Report()
 
@@ -148,15 +169,18 @@ class Extractor:
                 keys = resp.get("UnprocessedKeys", {}).get(self.defaults_table, {}).get("Keys", [])
         return versions
 
-    # --- listing a day ------------------------------------------------------------------------
+    # --- listing a span of days ------------------------------------------------------------
 
-    def _day_units(self, task: tuple[str, str, str, str | None, dt.date]) -> tuple[list[dict], Report]:
-        """Units of one project-day (listing every page), with that day's own counters."""
-        org1, org2, project, fsv, day = task
+    def _span_units(self, task: tuple[str, str, str, str | None, dt.date, dt.date]) -> tuple[list[str], Report]:
+        """Units of one project over days first..last: one listing from the first day's key
+        (StartAfter) until a key passes the last day, so pages are full (about objects/1000
+        calls), with that span's own counters."""
+        org1, org2, project, fsv, first, last = task
         local = Report()
-        day_prefix = f"{org1}/{org2}/{project}/{day:%Y/%m/%d}/"
-        units: list[dict] = []
-        folder, objects = None, []
+        project_prefix = f"{org1}/{org2}/{project}/"
+        stop_at = f"{project_prefix}{last + dt.timedelta(days=1):%Y/%m/%d}/"
+        units: list[str] = []
+        folder, day_path, objects = None, None, []
 
         def close_folder():
             if folder is None:
@@ -176,36 +200,43 @@ class Extractor:
             except InvalidTimestamp:
                 local.skipped["LastModified outside the accepted years"] += 1
                 return
-            units.append({
+            units.append(json.dumps({  # kept as a JSON line: a fifth of a dict's memory
                 "project_name": project, "org1": org1, "org2": org2, "mini_batch_id": folder,
-                "mini_batch_s3_prefix": f"s3://{self.bucket}/{day_prefix}{folder}/",
+                "mini_batch_s3_prefix": f"s3://{self.bucket}/{project_prefix}{day_path}/{folder}/",
                 "feature_spec_version": fsv, "batch_start_ts_iso": start, "batch_end_ts_iso": end,
                 "source": "backfill", "representative_key": rep["Key"],
                 "representative_last_modified": iso_from_last_modified(rep["LastModified"]),
-            })
+            }, separators=(",", ":")))
 
-        token = None
-        while True:
-            kwargs = {"Bucket": self.bucket, "Prefix": day_prefix}
+        token, done = None, False
+        while not done:
+            kwargs = {"Bucket": self.bucket, "Prefix": project_prefix,
+                      "StartAfter": f"{project_prefix}{first:%Y/%m/%d}"}
             if token:
                 kwargs["ContinuationToken"] = token
             page = self._call(self.s3.list_objects_v2, **kwargs)
             local.api_calls["ListObjectsV2"] += 1
             for obj in page.get("Contents", []):
-                rest = obj["Key"][len(day_prefix):].split("/")
-                if len(rest) == 1:
+                if obj["Key"] >= stop_at:
+                    done = True
+                    break
+                rest = obj["Key"][len(project_prefix):].split("/")
+                if not _is_day(rest[:3], first, last):
+                    local.stray_keys["not under a YYYY/MM/dd folder in the range"] += 1
+                    continue
+                if len(rest) == 4:
                     local.stray_keys["file directly in the day folder"] += 1
                     continue
-                if len(rest) > 2 or not rest[0]:
+                if len(rest) > 5 or not rest[3]:
                     local.stray_keys["deeper than <mini_batch_id>/<file>"] += 1
                     continue
-                if rest[0] != folder:
+                here = "/".join(rest[:3])
+                if (here, rest[3]) != (day_path, folder):
                     close_folder()
-                    folder, objects = rest[0], []
+                    day_path, folder, objects = here, rest[3], []
                 objects.append(obj)
             token = page.get("NextContinuationToken")
-            if not token:
-                break
+            done = done or not token
         close_folder()
         local.units = len(units)
         return units, local
@@ -223,21 +254,27 @@ class Extractor:
     def units(self, first: dt.date, last: dt.date, prefix: str | None = None,
               projects: list[str] | None = None) -> Iterator[dict]:
         """Stream every unit in (project, day, folder) order."""
+        return map(json.loads, self.lines(first, last, prefix, projects))
+
+    def lines(self, first: dt.date, last: dt.date, prefix: str | None = None,
+              projects: list[str] | None = None) -> Iterator[str]:
+        """Every unit as a compact JSON line (no newline), in (project, day, folder) order."""
         days = _days(first, last)
         triples = self.projects(prefix, projects)
         versions = self.feature_spec_versions({p for _, _, p in triples})
         unknown = sorted(p for p, v in versions.items() if v is None)
         if unknown and self.strict:
             raise ExtractError(f"projects without a defaults item (or feature_spec_version): {', '.join(unknown)}")
-        tasks = [(o1, o2, p, versions[p], d) for o1, o2, p in triples for d in days]
+        tasks = [(o1, o2, p, versions[p], a, b) for o1, o2, p in triples
+                 for a, b in _spans(days[0], days[-1], self.span_days)]
         with ThreadPoolExecutor(self.workers) as pool:
-            for i, (units, local) in enumerate(_ordered_map(pool, self._day_units, tasks, 2 * self.workers), 1):
+            for i, (units, local) in enumerate(_ordered_map(pool, self._span_units, tasks, self.workers), 1):
                 self.report.folders += local.folders
                 self.report.units += local.units
                 self.report.skipped.update(local.skipped)
                 self.report.stray_keys.update(local.stray_keys)
                 self.report.api_calls.update(local.api_calls)
-                self.progress(f"\r{i}/{len(tasks)} project-days, {self.report.folders} folders, "
+                self.progress(f"\r{i}/{len(tasks)} project-spans, {self.report.folders} folders, "
                               f"{self.report.units} units")
                 yield from units
         self.progress("\n")
@@ -278,6 +315,7 @@ def open_output(target: str, s3=None) -> Iterator[TextIO]:
         (s3 or boto3.client("s3")).upload_file(fh.name, bucket, key)
 
 
-def write_units(units: Iterable[dict], out: TextIO) -> None:
-    for unit in units:
-        out.write(json.dumps(unit, separators=(",", ":")) + "\n")
+def write_units(lines: Iterable[str], out: TextIO) -> None:
+    """JSON Lines out: one unit per line."""
+    for line in lines:
+        out.write(line + "\n")
