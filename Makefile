@@ -18,12 +18,19 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/pip install --quiet -e '.[test]'
 	touch $@
 
-# Validators with dependency sets of their own: SAM CLI in its own venv, asl-validator from npm.
-tools: $(TOOLS)/sam/.installed $(TOOLS)/node/.installed
+# Validators with dependency sets of their own: SAM CLI and checkov in their own venvs,
+# asl-validator from npm.
+tools: $(TOOLS)/sam/.installed $(TOOLS)/node/.installed $(TOOLS)/checkov/.installed
 
 $(TOOLS)/sam/.installed:
 	$(PYTHON) -m venv $(TOOLS)/sam
 	$(TOOLS)/sam/bin/pip install --quiet 'aws-sam-cli>=1.140,<2'
+	touch $@
+
+# checkov pins an old boto3: its own virtual environment.
+$(TOOLS)/checkov/.installed:
+	$(PYTHON) -m venv $(TOOLS)/checkov
+	$(TOOLS)/checkov/bin/pip install --quiet 'checkov>=3.2,<4'
 	touch $@
 
 $(TOOLS)/node/.installed:

@@ -19,6 +19,7 @@ __all__ = ["Sandbox", "EXAMPLE_PARAMETERS", "EVENTS", "MOCK_CONFIG", "load_event
            "matches"]
 
 EXAMPLE_PARAMETERS = {
+    "ProducerTopicArn": "arn:aws:sns:us-east-1:123456789012:producer-batches",
     "IngestionBucketName": "mlbatch-example-ingest",
     "OutputBucketName": "mlbatch-example-features",
     "DeltaBuilderImageUri": "123456789012.dkr.ecr.us-east-1.amazonaws.com/delta-builder:1.4.0",

@@ -58,6 +58,10 @@ class Template:
             return f"arn:aws:s3:::{name}"
         if kind == "AWS::IAM::Role":
             return f"arn:aws:iam::{self.account}:role/{name}"
+        if kind == "AWS::SQS::Queue":
+            return f"arn:aws:sqs:{self.region}:{self.account}:{name}"
+        if kind == "AWS::Logs::LogGroup":
+            return f"arn:aws:logs:{self.region}:{self.account}:log-group:{name}:*"
         raise KeyError(f"no ARN rule for {kind} ({logical})")
 
     def _ref(self, name: str) -> str:
