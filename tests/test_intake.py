@@ -125,7 +125,12 @@ def test_intake_redelivered_event_is_suppressed(stack, event):
     again = stack.intake(load_event("pipes_batch"))
 
     assert again.status == "SUCCEEDED"
-    assert again.output == {"status": "DUPLICATE_SUPPRESSED", "batch": BATCH, "lock_key": LOCK_KEY}
+    assert again.output == {
+        "status": "DUPLICATE_SUPPRESSED", "batch": BATCH, "lock_key": LOCK_KEY,
+        "suppressed_by": {"status": "IN_PROGRESS", "attempts": "1",
+                          "pipeline_execution_arn": first.output["pipeline_execution_arn"]},
+        "how_to_rerun": again.output["how_to_rerun"]}
+    assert "force" in again.output["how_to_rerun"] and "mlbatch replay" in again.output["how_to_rerun"]
     assert started(stack) == before
     assert stack.lock(LOCK_KEY)["owner_execution_arn"] == first.arn
 

@@ -1,4 +1,4 @@
-"""The `mlbatch` command: render | run | extract | bench."""
+"""The `mlbatch` command: render | run | extract | replay | locks | defaults | bench."""
 from __future__ import annotations
 
 import argparse
@@ -135,6 +135,86 @@ def cmd_extract(args) -> int:
     return 0
 
 
+def _table_arg(args, env: str, what: str) -> str:
+    table = args.table or os.environ.get(env)
+    if not table:
+        raise SystemExit(f"mlbatch: name the {what} table with --table or {env} (stack output)")
+    return table
+
+
+def _fail(exc: Exception) -> int:
+    print(f"mlbatch: {exc}", file=sys.stderr)
+    return 1
+
+
+def cmd_defaults(args) -> int:
+    """Check project-defaults items against the schema the state machines read, and load them."""
+    from .defaults import problems
+    from .operator import OperatorError, put_defaults
+    items = []
+    for path in args.files:
+        try:
+            doc = json.loads(open(path).read())
+        except (OSError, json.JSONDecodeError) as exc:
+            return _fail(f"{path}: {exc}")
+        items += doc if isinstance(doc, list) else [doc]
+    if args.action == "check":
+        bad = [(i, p) for i, item in enumerate(items) if (p := problems(item))]
+        for i, p in bad:
+            print(json.dumps({"item": i, "problems": p}))
+        return 1 if bad else 0
+    try:
+        names = put_defaults(_table_arg(args, "MLBATCH_DEFAULTS_TABLE", "project-defaults"), items, args.dry_run)
+    except OperatorError as exc:
+        return _fail(exc)
+    for name in names:
+        print(json.dumps({"project_name": name, "written": not args.dry_run}))
+    return 0
+
+
+def cmd_locks(args) -> int:
+    """The lock ledger: list, show, or reset a window (reset marks it FAILED; nothing is deleted)."""
+    from .operator import OperatorError, list_locks, reset_lock, show_lock
+    from .trace import ledger_table
+    table = _table_arg(args, "MLBATCH_LOCK_TABLE", "lock")
+    try:
+        if args.action == "list":
+            locks = list_locks(table, args.project, args.status, args.window_from, args.window_to)
+            if args.json:
+                for lock in locks:
+                    print(json.dumps(lock))
+            else:
+                print(ledger_table(locks))
+        elif args.action == "show":
+            print(json.dumps(show_lock(table, args.lock_key), indent=None if args.json else 2))
+        else:
+            print(json.dumps(reset_lock(table, args.lock_key, args.reason or "", args.dry_run)))
+    except OperatorError as exc:
+        return _fail(exc)
+    return 0
+
+
+def cmd_replay(args) -> int:
+    """Start an execution again with its own input (a traceable `<name>-replay-<n>`), or redrive it."""
+    from .operator import OperatorError, plan_replay, redrive, start_replay
+    try:
+        if args.redrive:
+            print(json.dumps({"redriven": redrive(args.execution_arn)}))
+            return 0
+        plan = plan_replay(args.execution_arn, args.force, args.reason)
+        if plan.get("advice"):
+            print(f"mlbatch replay: {plan['advice']}", file=sys.stderr)
+        if args.dry_run:
+            print(json.dumps(plan))
+            return 0
+        if plan["kind"] == "pipeline" and not args.yes:
+            return _fail("not starting a new pipeline execution (see above); add --yes to start it anyway")
+        print(json.dumps({"started": start_replay(plan), "name": plan["name"], "input": plan["input"]}))
+    except OperatorError as exc:
+        return _fail(exc)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="mlbatch", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -165,6 +245,45 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--workers", type=int, default=8, help="days listed in parallel (default 8)")
     p.add_argument("--quiet", action="store_true", help="no progress on stderr")
     p.set_defaults(func=cmd_extract)
+    p = sub.add_parser("defaults", help=cmd_defaults.__doc__, description=cmd_defaults.__doc__,
+                       formatter_class=argparse.RawDescriptionHelpFormatter,
+                       epilog="examples:\n  mlbatch defaults check sam/project-defaults/*.json\n"
+                              "  mlbatch defaults put sam/project-defaults/*.json --table <ProjectDefaultsTableName>\n"
+                              "exit codes: 0 ok, 1 invalid items (nothing written) or AWS error, 2 usage")
+    p.add_argument("action", choices=["check", "put"])
+    p.add_argument("files", nargs="+", help="JSON files holding one item or a list of items")
+    p.add_argument("--table", help="project-defaults table (default: $MLBATCH_DEFAULTS_TABLE)")
+    p.add_argument("--dry-run", action="store_true", help="validate, write nothing")
+    p.set_defaults(func=cmd_defaults)
+    p = sub.add_parser("locks", help=cmd_locks.__doc__, description=cmd_locks.__doc__,
+                       formatter_class=argparse.RawDescriptionHelpFormatter,
+                       epilog="examples:\n  mlbatch locks list --project traffic-anomaly --status FAILED --json\n"
+                              "  mlbatch locks show 'traffic-anomaly#fs-2024-06#2024-02-29T23:53:00Z#...'\n"
+                              "  mlbatch locks reset '<lock_key>' --reason 'builder image fixed, INC-4711'\n"
+                              "exit codes: 0 ok, 1 no such lock / AWS error, 2 usage")
+    p.add_argument("action", choices=["list", "show", "reset"])
+    p.add_argument("lock_key", nargs="?", help="for show and reset")
+    p.add_argument("--table", help="lock table (default: $MLBATCH_LOCK_TABLE)")
+    p.add_argument("--project")
+    p.add_argument("--status", choices=["IN_PROGRESS", "SUCCEEDED", "FAILED"])
+    p.add_argument("--from", dest="window_from", help="window start >= this ISO time")
+    p.add_argument("--to", dest="window_to", help="window start <= this ISO time")
+    p.add_argument("--reason", help="for reset: recorded on the lock")
+    p.add_argument("--dry-run", action="store_true", help="for reset: show the result, change nothing")
+    p.add_argument("--json", action="store_true", help="JSON (Lines for list) for scripts")
+    p.set_defaults(func=cmd_locks)
+    p = sub.add_parser("replay", help=cmd_replay.__doc__, description=cmd_replay.__doc__,
+                       formatter_class=argparse.RawDescriptionHelpFormatter,
+                       epilog="examples:\n  mlbatch replay arn:aws:states:...:execution:mlbatch-intake:8a2b...\n"
+                              "  mlbatch replay <intake execution ARN> --force --reason 're-run after fix'\n"
+                              "exit codes: 0 started (or planned), 1 refused / AWS error, 2 usage")
+    p.add_argument("execution_arn")
+    p.add_argument("--force", action="store_true", help="intake only: re-run a SUCCEEDED window")
+    p.add_argument("--reason", help="with --force: recorded on the lock")
+    p.add_argument("--dry-run", action="store_true", help="print the plan, start nothing")
+    p.add_argument("--redrive", action="store_true", help="AWS RedriveExecution of this execution instead")
+    p.add_argument("--yes", action="store_true", help="start a new pipeline execution even so")
+    p.set_defaults(func=cmd_replay)
     p = sub.add_parser("run", help=cmd_run.__doc__, description=cmd_run.__doc__, epilog="example: mlbatch run")
     p.set_defaults(func=cmd_run)
     p = sub.add_parser("bench", help=cmd_bench.__doc__, description=cmd_bench.__doc__,
@@ -175,6 +294,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="run only this part (repeatable)")
     p.set_defaults(func=cmd_bench)
     args = parser.parse_args(argv)
+    if getattr(args, "action", None) in ("show", "reset") and not args.lock_key:
+        parser.error(f"locks {args.action} needs a LOCK_KEY")
     return args.func(args)
 
 

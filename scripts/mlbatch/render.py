@@ -77,8 +77,21 @@ def _targets() -> dict[Path, str]:
     return {ASL / p.name.removesuffix(".j2"): p.name for p in sorted(TEMPLATES.glob("*.asl.json.j2"))}
 
 
+README = ASL.parent / "README.md"
+
+
+def _readme_with_diagrams() -> str:
+    """README.md with its diagrams section regenerated from asl/."""
+    from .diagram import BEGIN, END, readme_section
+    text = README.read_text()
+    if BEGIN not in text or END not in text:
+        raise ValueError(f"README.md lacks the diagram markers {BEGIN!r} ... {END!r}")
+    head, rest = text.split(BEGIN, 1)
+    return head + readme_section(ASL) + rest.split(END, 1)[1]
+
+
 def render_all() -> list[Path]:
-    """Write every rendered ASL file; return those that changed."""
+    """Write every rendered ASL file and the README's diagrams; return what changed."""
     env, changed = environment(), []
     ASL.mkdir(exist_ok=True)
     for target, name in _targets().items():
@@ -86,6 +99,10 @@ def render_all() -> list[Path]:
         if not target.exists() or target.read_text() != text:
             target.write_text(text)
             changed.append(target)
+    readme = _readme_with_diagrams()
+    if README.read_text() != readme:
+        README.write_text(readme)
+        changed.append(README)
     return changed
 
 
@@ -97,4 +114,6 @@ def check() -> list[Path]:
         if not target.exists() or target.read_text() != render_text(name, env):
             stale.append(target)
     stale += [p for p in sorted(ASL.glob("*.asl.json")) if p not in targets]
+    if not stale and README.read_text() != _readme_with_diagrams():
+        stale.append(README)
     return stale

@@ -1,0 +1,200 @@
+"""Operator experience: replay, the lock ledger, project defaults, console inputs, diagrams."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from mlbatch.cli import main
+from mlbatch.defaults import problems
+from mlbatch.diagram import mermaid
+from mlbatch.sandbox import EVENTS, load_event
+from mlbatch.settings import ROOT
+
+LOCK_KEY = "traffic-anomaly#fs-2024-06#2024-02-29T23:53:00Z#2024-03-01T00:05:07.123Z"
+
+
+@pytest.fixture
+def ops(live, monkeypatch):
+    """The whole flow with mocked builders, and the operator commands pointed at its tables."""
+    live.use_intake("pipeline", "HappyPath")
+    monkeypatch.setenv("MLBATCH_LOCK_TABLE", live.table("LockTable"))
+    monkeypatch.setenv("MLBATCH_DEFAULTS_TABLE", live.table("ProjectDefaultsTable"))
+    yield live
+    live.put_defaults(load_event("project_defaults"))
+
+
+def cli(capsys, *argv) -> tuple[int, str, str]:
+    code = main(list(argv))
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def finish(sb, intake):
+    if intake.status == "SUCCEEDED" and intake.output["status"] == "STARTED":
+        sb.engine.wait(intake.output["pipeline_execution_arn"], timeout=60)
+
+
+def test_replay_of_a_failed_intake_after_fixing_its_cause_starts_the_window(ops, capsys):
+    ops.engine.dynamodb.delete_item(TableName=ops.table("ProjectDefaultsTable"),
+                                    Key={"project_name": {"S": "traffic-anomaly"}})
+    failed = ops.intake(load_event("pipes_batch"))
+    assert failed.error == "Config.ProjectNotFound" and "replay this input unchanged" in failed.cause
+    assert cli(capsys, "defaults", "put", str(ROOT / "sam/project-defaults/traffic-anomaly.json"))[0] == 0
+
+    code, out, _ = cli(capsys, "replay", failed.arn)
+
+    assert code == 0
+    started = json.loads(out)
+    assert started["name"] == failed.arn.rsplit(":", 1)[1] + "-replay-1"
+    assert started["input"] == load_event("pipes_batch")
+    replayed = ops.engine.wait(started["started"])
+    assert replayed.output["status"] == "STARTED"
+    finish(ops, replayed)
+    assert ops.lock(LOCK_KEY)["status"] == "SUCCEEDED"
+
+
+def test_replay_of_a_succeeded_intake_is_suppressed_and_forcing_records_the_reason(ops, capsys):
+    first = ops.intake(load_event("sqs_record"))
+    finish(ops, first)
+
+    code, out, _ = cli(capsys, "replay", first.arn)
+    plain = ops.engine.wait(json.loads(out)["started"])
+    code2, out2, _ = cli(capsys, "replay", first.arn, "--force", "--reason", "builder v1.4.1 fixes ports")
+    forced = ops.engine.wait(json.loads(out2)["started"])
+
+    assert (code, code2) == (0, 0)
+    assert plain.output["status"] == "DUPLICATE_SUPPRESSED"
+    assert plain.output["suppressed_by"]["status"] == "SUCCEEDED"
+    assert json.loads(out2)["name"].endswith("-replay-2")
+    assert json.loads(out2)["input"] == {**load_event("live_event"), "force": True,
+                                         "reason": "builder v1.4.1 fixes ports"}
+    assert forced.output["status"] == "STARTED"
+    lock = ops.lock(LOCK_KEY)
+    assert (lock["reason"], lock["attempts"]) == ("builder v1.4.1 fixes ports", 2)
+
+
+def test_replay_refuses_what_it_cannot_do(ops, capsys):
+    intake = ops.intake(load_event("live_event"))
+    finish(ops, intake)
+    assert cli(capsys, "replay", intake.arn, "--force")[0] == 1  # no reason
+    code, out, err = cli(capsys, "replay", intake.output["pipeline_execution_arn"], "--dry-run")
+    assert code == 0 and "Pipeline.LockLost" in err and json.loads(out)["kind"] == "pipeline"
+    assert cli(capsys, "replay", intake.output["pipeline_execution_arn"])[0] == 1  # needs --yes
+    code, _, err = cli(capsys, "replay", intake.arn.replace(intake.arn.rsplit(":", 1)[1], "nope"))
+    assert code == 1 and "no execution" in err
+
+
+def test_locks_reset_then_redelivery_runs_the_window_again(ops, capsys):
+    finish(ops, ops.intake(load_event("live_event")))
+    before = len(ops.pipeline_executions())
+
+    code, out, _ = cli(capsys, "locks", "reset", LOCK_KEY, "--reason", "features were wrong, INC-9")
+    again = ops.intake(load_event("live_event"))
+
+    assert code == 0 and json.loads(out)["status"] == "FAILED"
+    assert again.output["status"] == "STARTED"
+    finish(ops, again)
+    assert len(ops.pipeline_executions()) == before + 1
+    assert ops.lock(LOCK_KEY)["status"] == "SUCCEEDED"
+
+
+def test_locks_list_show_and_reset_rules(ops, capsys):
+    finish(ops, ops.intake(load_event("live_event")))
+    ops.set_lock({"lock_key": "other#v#2024-01-01T00:08:00Z#2024-01-01T00:09:00Z", "status": "FAILED",
+                  "project_name": "other", "batch_start_ts_iso": "2024-01-01T00:08:00Z"})
+
+    code, out, _ = cli(capsys, "locks", "list", "--project", "traffic-anomaly", "--json")
+    assert code == 0 and [json.loads(line)["lock_key"] for line in out.splitlines()] == [LOCK_KEY]
+    code, out, _ = cli(capsys, "locks", "list", "--status", "FAILED", "--to", "2024-02-01T00:00:00Z", "--json")
+    assert [json.loads(line)["project_name"] for line in out.splitlines()] == ["other"]
+    assert LOCK_KEY in cli(capsys, "locks", "list")[1]
+    assert json.loads(cli(capsys, "locks", "show", LOCK_KEY, "--json")[1])["status"] == "SUCCEEDED"
+    assert cli(capsys, "locks", "show", "no#such#lock#x")[0] == 1
+    assert cli(capsys, "locks", "reset", LOCK_KEY)[0] == 1  # a reason is required
+    assert json.loads(cli(capsys, "locks", "reset", LOCK_KEY, "--reason", "r", "--dry-run")[1])["status"] == "FAILED"
+    assert ops.lock(LOCK_KEY)["status"] == "SUCCEEDED"  # dry run changed nothing
+
+
+def test_defaults_put_validates_before_writing(ops, capsys, tmp_path):
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps([{**load_event("project_defaults"), "project_name": "fine-one"},
+                               {"project_name": "broken", "feature_spec_version": "v#1",
+                                "traffic_input": {"field_mapping": {"source_ip": "s"}},
+                                "delta_builder": {"instance_count": "3"}}]))
+
+    code, _, err = cli(capsys, "defaults", "put", str(bad))
+
+    assert code == 1
+    assert "feature_spec_version" in err and "destination_ip" in err and "instance_count" in err
+    assert ops.engine.dynamodb.get_item(TableName=ops.table("ProjectDefaultsTable"),
+                                        Key={"project_name": {"S": "fine-one"}}).get("Item") is None
+
+
+def test_example_defaults_items_are_valid_and_the_intake_accepts_them(ops, capsys):
+    files = sorted(str(p) for p in (ROOT / "sam" / "project-defaults").glob("*.json"))
+    assert cli(capsys, "defaults", "check", *files)[0] == 0
+    assert cli(capsys, "defaults", "put", *files)[0] == 0
+    for path in files:
+        project = json.loads(Path(path).read_text())["project_name"]
+        event = {"s3_key": f"acme/netsec/{project}/2024/05/01/mb-1/f.json.gz", "timestamp": "2024-05-01T10:10:00Z"}
+        result = ops.intake(event)
+        assert result.output["status"] == "STARTED", result.cause
+        finish(ops, result)
+
+
+@pytest.mark.parametrize("item, complaint", [
+    ({}, "project_name"), ({"project_name": "a/b"}, "'/'"), ({"project_name": "p", "extra": 1}, "unknown attribute"),
+    ({"project_name": "p", "pair_counts_builder": {"gpu": 1}}, "not a builder setting"),
+    ({"project_name": "p", "delta_builder": {"instance_type": "m5.xlarge"}}, "like ml.m5.xlarge"),
+    ({"project_name": "p", "delta_builder": {"volume_size_gb": True}}, "volume_size_gb"),
+])
+def test_defaults_schema_names_each_problem(item, complaint):
+    assert any(complaint in p for p in problems(item))
+
+
+# what each console input does when started as documented in the README
+CONSOLE = {
+    "intake-replay-a-batch.json": ("IntakeStateMachine", "STARTED"),
+    "intake-pipes-delivery.json": ("IntakeStateMachine", "STARTED"),
+    "intake-force-a-succeeded-window.json": ("IntakeStateMachine", "STARTED"),
+    "backfill-typed-units.json": ("BackfillStateMachine", {"started": 2, "suppressed": 0, "failed": 0}),
+    "lock-release-timed-out-pipeline.json": ("LockReleaseStateMachine", {"released": False}),
+}
+
+
+def test_every_console_input_is_documented_and_executes_as_documented(ops):
+    files = sorted(p.name for p in (EVENTS / "console").glob("*.json"))
+    readme = (ROOT / "README.md").read_text()
+    assert all(f"tests/events/console/{name}" in readme for name in files)
+    backfill = ops.backfill_variant("HappyPath")
+    for name, (machine, expect) in CONSOLE.items():
+        if "force" in name:  # the window must have succeeded first
+            finish(ops, ops.intake(load_event("live_event")))
+        arn = {"IntakeStateMachine": ops.intake_arn, "BackfillStateMachine": backfill}.get(machine) or ops.arn(machine)
+        result = ops.engine.run(arn, json.loads((EVENTS / "console" / name).read_text()), timeout=120)
+        assert result.status == "SUCCEEDED", (name, result.error, result.cause)
+        if isinstance(expect, str):
+            assert result.output["status"] == expect, name
+            finish(ops, result)
+            if "force" not in name:
+                ops.clear_locks()
+        else:
+            assert {k: result.output[k] for k in expect} == expect, name
+
+
+@pytest.mark.parametrize("asl", sorted((ROOT / "asl").glob("*.asl.json")), ids=lambda p: p.name)
+def test_diagrams_show_every_state_and_transition(asl):
+    text = mermaid(asl)
+    definition = json.loads(asl.read_text())
+
+    def names(d):
+        for n, s in d["States"].items():
+            yield n
+            for sub in [s.get("ItemProcessor")] + s.get("Branches", []):
+                if sub:
+                    yield from names(sub)
+    for name in names(definition):
+        assert f'"{name.replace(chr(34), chr(39))}' in text, name
+    assert text.count("-->") + text.count(".->") >= len(definition["States"])
