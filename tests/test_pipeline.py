@@ -109,26 +109,25 @@ def test_validation_errors_are_not_retried():
                               "SageMaker.AmazonSageMakerException"}
 
 
-@pytest.mark.parametrize("status", ["ABORTED", "TIMED_OUT"])
-def test_stopped_pipeline_is_released_by_lock_release(live, event, status):
-    live.use_intake("pipeline", "ThrottledUntilStopped")
-    intake = live.intake(event)
-    pipeline_arn = intake.output["pipeline_execution_arn"]
-    deadline = time.monotonic() + 30
-    while not any(e["type"] == "TaskFailed" for e in live.engine.history(pipeline_arn)):
-        assert time.monotonic() < deadline, "the builders never got throttled"
-        time.sleep(0.02)  # stop it while a builder waits out a throttling retry
-    live.engine.sfn.stop_execution(executionArn=pipeline_arn, error="Operator.Stop", cause="test")
-    assert live.engine.wait(pipeline_arn).status == "ABORTED"
-    assert live.lock(LOCK_KEY)["status"] == "IN_PROGRESS"
+@pytest.mark.parametrize("status", ["FAILED", "ABORTED", "TIMED_OUT"])
+def test_pipeline_ending_without_finalizing_is_released_by_lock_release(live, event, status):
+    # A pipeline execution that owns an IN_PROGRESS lock ends without finalizing it. (The
+    # engine cannot time out quickly and its StopExecution during a Parallel is unreliable,
+    # so the execution fails before its Catch and the event carries the status under test.)
+    name = f"ends-{status.lower()}-{time.time_ns()}"
+    arn = live.pipeline_arn.replace(":stateMachine:", ":execution:") + ":" + name
+    live.set_lock({"lock_key": LOCK_KEY, "status": "IN_PROGRESS", "pipeline_execution_arn": arn,
+                   "mini_batch_id": "mb-000123", "attempts": 1})
+    assert live.engine.run(live.pipeline_arn, {"lock_key": LOCK_KEY}, name=name).status == "FAILED"
 
-    (release,) = live.emit_status_change(pipeline_arn, status)
+    (release,) = live.emit_status_change(arn, status)
     result = live.engine.wait(release)
 
-    assert result.output["released"] is True
+    assert result.output == {"released": True, "lock_key": LOCK_KEY, "execution_arn": arn,
+                             "execution_status": status}
     lock = live.lock(LOCK_KEY)
     assert (lock["status"], lock["error"]) == ("FAILED", f"Pipeline.{status}")
-    assert pipeline_arn in lock["cause"]
+    assert arn in lock["cause"] and "replay" in lock["cause"]
 
 
 def test_lock_release_leaves_another_executions_lock_alone(live, event):
@@ -152,21 +151,6 @@ def test_lock_release_leaves_a_final_lock_alone(live, event):
 
     assert live.engine.wait(release).output["released"] is False
     assert live.lock(LOCK_KEY)["status"] == "SUCCEEDED"
-
-
-def test_pipeline_failing_before_its_catch_is_released(live, event):
-    # an owned IN_PROGRESS lock, and a pipeline started by hand with an incomplete input
-    name = f"by-hand-{time.time_ns()}"
-    arn = live.pipeline_arn.replace(":stateMachine:", ":execution:") + ":" + name
-    live.set_lock({"lock_key": LOCK_KEY, "status": "IN_PROGRESS", "pipeline_execution_arn": arn,
-                   "mini_batch_id": "mb-000123", "attempts": 1})
-    failed = live.engine.run(live.pipeline_arn, {"lock_key": LOCK_KEY}, name=name)
-    assert (failed.arn, failed.error) == (arn, "Pipeline.InvalidInput")
-
-    (release,) = live.emit_status_change(arn)
-
-    assert live.engine.wait(release).output["released"] is True
-    assert live.lock(LOCK_KEY)["status"] == "FAILED"
 
 
 def test_status_changes_of_other_machines_and_successes_start_nothing(live, event):
