@@ -28,18 +28,13 @@ def list_locks(table: str, project: str | None = None, status: str | None = None
     """Locks filtered by project, status and window start (inclusive ISO bounds), sorted by key."""
     ddb = ddb or boto3.client("dynamodb")
     filters, names, values = [], {}, {}
-    if project:
-        filters.append("#p = :p")
-        names["#p"], values[":p"] = "project_name", {"S": project}
-    if status:
-        filters.append("#s = :s")
-        names["#s"], values[":s"] = "status", {"S": status}
-    if start_from:
-        filters.append("#w >= :from")
-        names["#w"], values[":from"] = "batch_start_ts_iso", {"S": start_from}
-    if start_to:
-        filters.append("#w <= :to")
-        names["#w"], values[":to"] = "batch_start_ts_iso", {"S": start_to}
+    for attr, op, value in (("project_name", "=", project), ("status", "=", status),
+                            ("batch_start_ts_iso", ">=", start_from), ("batch_start_ts_iso", "<=", start_to)):
+        if value:
+            placeholder = f":v{len(values)}"
+            names[f"#{attr}"] = attr
+            values[placeholder] = {"S": value}
+            filters.append(f"#{attr} {op} {placeholder}")
     kwargs: dict[str, Any] = {"TableName": table}
     if filters:
         kwargs.update(FilterExpression=" AND ".join(filters), ExpressionAttributeNames=names,

@@ -19,6 +19,15 @@ __all__ = ["Template", "load", "ACCOUNT"]
 
 ACCOUNT = "123456789012"
 _SUB = re.compile(r"\$\{([A-Za-z0-9:._]+)\}")
+#: ARN of a resource the harness creates, by type
+_ARNS = {
+    "AWS::DynamoDB::Table": "arn:aws:dynamodb:{region}:{account}:table/{name}",
+    "AWS::Serverless::StateMachine": "arn:aws:states:{region}:{account}:stateMachine:{name}",
+    "AWS::S3::Bucket": "arn:aws:s3:::{name}",
+    "AWS::IAM::Role": "arn:aws:iam::{account}:role/{name}",
+    "AWS::SQS::Queue": "arn:aws:sqs:{region}:{account}:{name}",
+    "AWS::Logs::LogGroup": "arn:aws:logs:{region}:{account}:log-group:{name}:*",
+}
 
 
 @dataclass
@@ -49,20 +58,9 @@ class Template:
 
     def arn(self, logical: str) -> str:
         kind = self.doc["Resources"][logical]["Type"]
-        name = self.physical_name(logical)
-        if kind == "AWS::DynamoDB::Table":
-            return f"arn:aws:dynamodb:{self.region}:{self.account}:table/{name}"
-        if kind == "AWS::Serverless::StateMachine":
-            return f"arn:aws:states:{self.region}:{self.account}:stateMachine:{name}"
-        if kind == "AWS::S3::Bucket":
-            return f"arn:aws:s3:::{name}"
-        if kind == "AWS::IAM::Role":
-            return f"arn:aws:iam::{self.account}:role/{name}"
-        if kind == "AWS::SQS::Queue":
-            return f"arn:aws:sqs:{self.region}:{self.account}:{name}"
-        if kind == "AWS::Logs::LogGroup":
-            return f"arn:aws:logs:{self.region}:{self.account}:log-group:{name}:*"
-        raise KeyError(f"no ARN rule for {kind} ({logical})")
+        if kind not in _ARNS:
+            raise KeyError(f"no ARN rule for {kind} ({logical})")
+        return _ARNS[kind].format(region=self.region, account=self.account, name=self.physical_name(logical))
 
     def _ref(self, name: str) -> str:
         pseudo = {"AWS::Partition": "aws", "AWS::Region": self.region, "AWS::AccountId": self.account,
