@@ -7,6 +7,7 @@ from pathlib import Path
 
 import jinja2
 
+from .defaults import FIELD_MAPPING
 from .settings import CRON, ROOT, YEAR_MAX, YEAR_MIN
 from .window import leap_years, minute_table
 
@@ -56,7 +57,7 @@ def environment(extra_paths: list[Path] | None = None) -> jinja2.Environment:
                              extensions=["jinja2.ext.do"])
     env.filters["compact"] = lambda v: json.dumps(v, separators=(",", ":"))
     env.filters["regex_replace_int"] = lambda v, fmt: fmt % int(v)
-    env.globals.update(tables=lookup_tables(), arr=_intrinsic_array, cron=CRON)
+    env.globals.update(tables=lookup_tables(), arr=_intrinsic_array, cron=CRON, FIELD_MAPPING=list(FIELD_MAPPING))
     return env
 
 
