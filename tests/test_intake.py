@@ -178,6 +178,8 @@ def test_intake_succeeded_lock_suppresses_unless_forced(stack, event):
     stack.set_lock({**stack.lock(LOCK_KEY), "status": "SUCCEEDED"})
     before = started(stack)
 
+    stack.set_lock({**stack.lock(LOCK_KEY), "status": "SUCCEEDED", "delta_job_arn": "arn:old-job",
+                    "delta_output_uri": "s3://old/"})
     plain = stack.intake(event)
     forced = stack.intake(load_event("forced_rerun"))
 
@@ -188,6 +190,7 @@ def test_intake_succeeded_lock_suppresses_unless_forced(stack, event):
     assert lock["status"] == "IN_PROGRESS"
     assert lock["reason"] == load_event("forced_rerun")["reason"]
     assert lock["attempts"] == 2
+    assert "delta_job_arn" not in lock and "delta_output_uri" not in lock  # the old run's record is cleared
 
 
 def test_intake_in_progress_lock_suppresses_even_when_forced(stack, event):
