@@ -10,7 +10,6 @@ import boto3
 import pytest
 
 from mlbatch.cli import main
-from mlbatch.sandbox import load_event
 
 
 def unit(i: int, project="traffic-anomaly", fsv="fs-2024-06") -> dict:

@@ -2,12 +2,8 @@
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
-import sys
-from pathlib import Path
 
-import pytest
 
 from mlbatch.sandbox import EXAMPLE_PARAMETERS
 from mlbatch.settings import ROOT

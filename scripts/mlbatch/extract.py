@@ -64,10 +64,9 @@ class Report:
                 "already_succeeded": self.already_succeeded}
 
 
-def _days(first: dt.date, last: dt.date) -> list[dt.date]:
+def _check_range(first: dt.date, last: dt.date) -> None:
     if last < first:
         raise ExtractError(f"--to {last} is before --from {first}")
-    return [first + dt.timedelta(days=i) for i in range((last - first).days + 1)]
 
 
 def _is_day(parts: list[str], first: dt.date, last: dt.date) -> bool:
@@ -259,14 +258,14 @@ class Extractor:
     def lines(self, first: dt.date, last: dt.date, prefix: str | None = None,
               projects: list[str] | None = None) -> Iterator[str]:
         """Every unit as a compact JSON line (no newline), in (project, day, folder) order."""
-        days = _days(first, last)
+        _check_range(first, last)
         triples = self.projects(prefix, projects)
         versions = self.feature_spec_versions({p for _, _, p in triples})
         unknown = sorted(p for p, v in versions.items() if v is None)
         if unknown and self.strict:
             raise ExtractError(f"projects without a defaults item (or feature_spec_version): {', '.join(unknown)}")
         tasks = [(o1, o2, p, versions[p], a, b) for o1, o2, p in triples
-                 for a, b in _spans(days[0], days[-1], self.span_days)]
+                 for a, b in _spans(first, last, self.span_days)]
         with ThreadPoolExecutor(self.workers) as pool:
             for i, (units, local) in enumerate(_ordered_map(pool, self._span_units, tasks, self.workers), 1):
                 self.report.folders += local.folders

@@ -23,8 +23,8 @@ __all__ = ["Engine", "Deployment", "Execution", "STAND_IN_PIPELINE", "ROLE_ARN"]
 
 ROLE_ARN = "arn:aws:iam::123456789012:role/mlbatch-local"
 
-#: Until the real pipeline is deployed from the template, a machine that accepts the
-#: pipeline input contract and succeeds (used only where the template has none).
+#: A machine that accepts the pipeline input and succeeds, leaving the lock alone: the
+#: intake tests start it to test the intake on its own (Sandbox.intake_variant).
 STAND_IN_PIPELINE = {
     "Comment": "Stand-in for the 15-minute pipeline (harness only)",
     "StartAt": "Accept the batch",
@@ -91,8 +91,8 @@ class Engine:
 
     # --- deployment ---------------------------------------------------------------------
 
-    def deploy(self, template: Template, stand_ins: dict[str, dict] | None = None) -> Deployment:
-        """Create the template's tables and state machines (and any stand-in machines by name)."""
+    def deploy(self, template: Template) -> Deployment:
+        """Create the template's tables, buckets and state machines."""
         dep = Deployment(template)
         for logical, res in template.tables.items():
             props = res["Properties"]
@@ -106,8 +106,6 @@ class Engine:
         for logical in template.resources("AWS::S3::Bucket"):
             dep.buckets[logical] = template.physical_name(logical)
             s3.create_bucket(Bucket=dep.buckets[logical])
-        for name, definition in (stand_ins or {}).items():
-            self.sfn.create_state_machine(name=name, definition=json.dumps(definition), roleArn=ROLE_ARN)
         for logical in template.state_machines:
             arn = self.sfn.create_state_machine(
                 name=template.physical_name(logical), definition=template.definition(logical),
