@@ -242,7 +242,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--strict", action="store_true", help="an unknown project is fatal instead of skipped")
     p.add_argument("--dry-run", action="store_true", help="print the plan per project and day; write nothing")
     p.add_argument("--lock-table", help="with --dry-run: count windows already SUCCEEDED")
-    p.add_argument("--workers", type=int, default=8, help="days listed in parallel (default 8)")
+    p.add_argument("--workers", type=int, default=8, help="date spans listed in parallel (default 8)")
     p.add_argument("--quiet", action="store_true", help="no progress on stderr")
     p.set_defaults(func=cmd_extract)
     p = sub.add_parser("defaults", help=cmd_defaults.__doc__, description=cmd_defaults.__doc__,
