@@ -318,6 +318,52 @@ def _patch_jsonl_reader():
             (item_reader_decl, "resource_output_transformer_for", transformer_for)]
 
 
+# --- workflow variables read in JSONPath states ---------------------------------------------
+
+_VARIABLE = re.compile(r"\$([A-Za-z_][A-Za-z0-9_]*)(.*)", re.DOTALL)
+
+
+def _patch_jsonpath_variables():
+    from moto.stepfunctions.parser.asl.component.common.query_language import QueryLanguageMode
+    from moto.stepfunctions.parser.asl.component.common.string.string_expression import StringVariableSample
+    from moto.stepfunctions.parser.asl.utils import json_path
+
+    original = StringVariableSample._eval_body
+
+    def _eval_body(self, env):
+        # AWS: in JSONPath states `$name` reads the workflow variable `name` and `$name.a.b`
+        # a path inside it. The engine evaluated every variable reference with JSONata,
+        # whose evaluator it ships stubbed out (None), so any read failed with a TypeError.
+        if self.query_language_mode != QueryLanguageMode.JSONPath:
+            return original(self, env)
+        match = _VARIABLE.fullmatch(self.expression)
+        if match is None:
+            return original(self, env)
+        name, rest = match.groups()
+        value = env.variable_store.get(name)
+        env.stack.append(json_path.extract_json("$" + rest, value) if rest else value)
+
+    return [(StringVariableSample, "_eval_body", _eval_body)]
+
+
+# --- an integer ToleratedFailurePercentage ------------------------------------------------------
+
+_INT_PERCENTAGE = re.compile(r'("ToleratedFailurePercentage"\s*:\s*)(\d+)(?=\s*[,}])')
+
+
+def _patch_tolerance_integers():
+    from moto.stepfunctions.parser.asl.parse.asl_parser import AmazonStateLanguageParser
+
+    original = AmazonStateLanguageParser.parse
+
+    def parse(definition: str):
+        # AWS accepts "ToleratedFailurePercentage": 100 (an integer; recorded, LocalStack's
+        # test_map_state_tolerated_failure_values); the engine's grammar takes only decimals.
+        return original(_INT_PERCENTAGE.sub(r"\g<1>\g<2>.0", definition))
+
+    return [(AmazonStateLanguageParser, "parse", staticmethod(parse))]
+
+
 FIXES: dict[str, Fix] = {f.name: f for f in [
     Fix("service_normalisation",
         "states:startExecution fails with States.Runtime 'StateMachineArn': request/response "
@@ -346,6 +392,13 @@ FIXES: dict[str, Fix] = {f.name: f for f in [
     Fix("jsonl_item_reader",
         "ItemReader InputType JSONL (JSON Lines manifests) is unknown: CreateStateMachine fails "
         "with \"'JSONL' is not a valid InputTypeValue\".", _patch_jsonl_reader),
+    Fix("jsonpath_variables",
+        "Workflow variables ($name, $name.path) cannot be read in JSONPath states: the engine "
+        "evaluates every variable reference with JSONata, whose evaluator it ships stubbed out "
+        "(TypeError 'NoneType' object is not callable).", _patch_jsonpath_variables),
+    Fix("tolerance_integers",
+        "A Distributed Map's integer ToleratedFailurePercentage (100) is a syntax error: the grammar "
+        "takes only decimals (100.0), where AWS accepts both.", _patch_tolerance_integers),
 ]}
 
 
