@@ -28,6 +28,11 @@ ERRORS: dict[str, tuple[str, str]] = {
         "No item for the project in the project-defaults table.",
         "Add the project's defaults item, then replay the event (same input).",
     ),
+    "Config.DefaultsUnavailable": (
+        "Reading the project-defaults table failed after retries (throttling, permissions, a missing "
+        "table). Nothing was locked or started.",
+        "Fix the cause named in the error (table name, IAM, capacity), then replay the event (same input).",
+    ),
     "Config.InvalidProjectDefaults": (
         "The project's defaults item lacks feature_spec_version or a complete "
         "traffic_input.field_mapping (all five canonical fields, as strings), or the version holds '#'.",
@@ -38,6 +43,12 @@ ERRORS: dict[str, tuple[str, str]] = {
         "(same timestamp to the second). Suppressing it would lose data.",
         "Inspect both batches (the cause names them); re-emit this batch with its own timestamp, "
         "or merge it upstream. The existing lock is untouched.",
+    ),
+    "Intake.LockWriteFailed": (
+        "Writing or reading the window lock failed for another reason than the lock being held: "
+        "throttling past the retries, permissions, or an existing lock item whose attributes have other "
+        "types than mlbatch writes (e.g. attempts stored as a string). Nothing was started.",
+        "Read the cause; check the item (mlbatch locks show LOCK_KEY) and the table, fix, then replay.",
     ),
     "Intake.PipelineStartFailed": (
         "The lock was taken but starting the pipeline failed; the lock was released "
@@ -74,6 +85,23 @@ ERRORS: dict[str, tuple[str, str]] = {
         "(per unit, counted as failed) A unit lacks a field of the execution-unit contract.",
         "Fix the manifest line and run the backfill again: done windows are suppressed.",
     ),
+    "Backfill.PoisonedWindow": (
+        "(per unit, counted as poisoned) The window's lock is FAILED and was already tried max_attempts "
+        "times (the sweep's limit); the unit was skipped.",
+        "Fix what makes it fail (the lock's error and cause say), then `mlbatch locks reset` it or run a "
+        "backfill without max_attempts.",
+    ),
+    "Backfill.UnitUncounted": (
+        "(per unit, counted as uncounted) The unit's outcome could not be written to the run record "
+        "after retries; its child execution failed, the backfill went on.",
+        "Run the backfill again: windows that ran are suppressed by their locks.",
+    ),
+    "Backfill.MapRunFailed": (
+        "The Distributed Map could not run the units: the manifest could not be read (missing, not JSON "
+        "Lines, outside the artifacts bucket's backfill/ prefix the backfill may read) or results could not "
+        "be written. Units that ran are counted in the run record.",
+        "Fix the manifest location or permissions; start the backfill again (done windows are suppressed).",
+    ),
     "LockRelease.InvalidEvent": (
         "lock_release was started with something other than a Step Functions Execution Status "
         "Change event (detail.executionArn, status and input).",
@@ -81,17 +109,36 @@ ERRORS: dict[str, tuple[str, str]] = {
     ),
 }
 
-#: Service errors the ASL names in Retry/Catch (raised by AWS, not by us).
-SERVICE_ERRORS: frozenset[str] = frozenset({
-    "DynamoDB.ConditionalCheckFailedException",
-    "DynamoDB.ProvisionedThroughputExceededException",
-    "DynamoDB.ThrottlingException",
-    "DynamoDB.RequestLimitExceeded",
-    "DynamoDB.InternalServerErrorException",
-    "StepFunctions.ThrottlingException",
-    "SageMaker.ThrottlingException",
-    "SageMaker.ResourceLimitExceeded",
-    "SageMaker.InternalFailure",
-    "SageMaker.ServiceUnavailable",
-    "StepFunctions.ExecutionLimitExceededException",
-})
+#: Integration errors the ASL names in Retry/Catch or a mock throws, each with its evidence.
+#: Rule: an optimized integration raises `<Service>.<Java SDK exception class>`; an error code without
+#: a class of its own arrives as the service's base class (AWS docs: "Handling errors in Step Functions
+#: service integrations"). "recorded" = seen on AWS in LocalStack's AWS-validated snapshot tests
+#: (localstack/localstack, tests/aws/services/stepfunctions/v2/).
+SERVICE_ERRORS: dict[str, str] = {
+    "DynamoDB.ConditionalCheckFailedException":
+        "AWS docs, DynamoDB integration examples (dynamo-iam / connect-ddb) catch this name for a false "
+        "ConditionExpression; the SDK's ConditionalCheckFailedException class",
+    "DynamoDB.ProvisionedThroughputExceededException":
+        "the SDK class for throttled requests (AmazonDynamoDB error mapping); names follow "
+        "<Service>.<SDK exception class> as recorded for DynamoDB.ResourceNotFoundException "
+        "(error_handling/test_task_service_dynamodb)",
+    "DynamoDB.RequestLimitExceededException":
+        "the SDK class for account-level throughput limits (AmazonDynamoDB error mapping), as above",
+    "DynamoDB.InternalServerErrorException":
+        "the SDK class for DynamoDB 500s (AmazonDynamoDB error mapping), as above",
+    "DynamoDB.AmazonDynamoDBException":
+        "recorded: a ValidationException arrives under the base class (error_handling/"
+        "test_task_service_dynamodb); throttling codes without a class of their own (ThrottlingException) "
+        "arrive the same way, so it is retried with few attempts",
+    "StepFunctions.ExecutionLimitExceededException":
+        "the SDK class AWSStepFunctions raises when too many executions are open; recorded naming: "
+        "StepFunctions.StateMachineDoesNotExistException (test_task_service_sfn)",
+    "StepFunctions.AWSStepFunctionsException":
+        "the SDK base class: throttled StartExecution calls (ThrottlingException has no class of its own) "
+        "arrive under it, as recorded for DynamoDB's base class",
+    "SageMaker.ResourceLimitExceededException":
+        "AWS docs, SageMaker integration (connect-sagemaker): its Retry example names it",
+    "SageMaker.AmazonSageMakerException":
+        "AWS docs, SageMaker integration (connect-sagemaker): its Retry example names it; throttling "
+        "(no class of its own) arrives under this base class",
+}

@@ -18,6 +18,7 @@ from .settings import REGION, ROOT
 __all__ = ["Template", "load", "ACCOUNT"]
 
 ACCOUNT = "123456789012"
+_NO_VALUE = object()  # Ref AWS::NoValue: the property is left out
 _SUB = re.compile(r"\$\{([A-Za-z0-9:._]+)\}")
 #: ARN of a resource the harness creates, by type
 _ARNS = {
@@ -37,9 +38,30 @@ class Template:
     parameters: dict[str, str] = field(default_factory=dict)
     region: str = REGION
     account: str = ACCOUNT
+    stack_name: str = "mlbatch"
 
     def resources(self, type_: str) -> dict[str, dict[str, Any]]:
-        return {k: v for k, v in self.doc["Resources"].items() if v["Type"] == type_}
+        """The resources of a type that this deployment creates (their Condition holds)."""
+        return {k: v for k, v in self.doc["Resources"].items()
+                if v["Type"] == type_ and ("Condition" not in v or self.condition(v["Condition"]))}
+
+    def condition(self, name: str) -> bool:
+        """A named condition of the template, for these parameters."""
+        return self._holds(self.doc.get("Conditions", {})[name])
+
+    def _holds(self, expr: Any) -> bool:
+        (fn, arg), = expr.items()
+        if fn == "Fn::Equals":
+            return self.resolve(arg[0]) == self.resolve(arg[1])
+        if fn == "Fn::Not":
+            return not self._holds(arg[0])
+        if fn == "Fn::And":
+            return all(self._holds(a) for a in arg)
+        if fn == "Fn::Or":
+            return any(self._holds(a) for a in arg)
+        if fn == "Condition":
+            return self.condition(arg)
+        raise ValueError(f"condition function {fn} is not supported by the harness")
 
     @property
     def tables(self) -> dict[str, dict[str, Any]]:
@@ -53,7 +75,7 @@ class Template:
     def physical_name(self, logical: str) -> str:
         props = self.doc["Resources"][logical].get("Properties", {})
         explicit = props.get("TableName") or props.get("Name") or props.get("BucketName")
-        name = self.resolve(explicit) if explicit else f"mlbatch-{logical}"
+        name = self.resolve(explicit) if explicit else f"{self.stack_name}-{logical}"
         return name.lower() if self.doc["Resources"][logical]["Type"] == "AWS::S3::Bucket" else name
 
     def arn(self, logical: str) -> str:
@@ -64,7 +86,7 @@ class Template:
 
     def _ref(self, name: str) -> str:
         pseudo = {"AWS::Partition": "aws", "AWS::Region": self.region, "AWS::AccountId": self.account,
-                  "AWS::StackName": "mlbatch"}
+                  "AWS::StackName": self.stack_name}
         if name in pseudo:
             return pseudo[name]
         if name in self.parameters:
@@ -76,6 +98,10 @@ class Template:
             return str(default)
         kind = self.doc["Resources"][name]["Type"]
         return self.arn(name) if kind == "AWS::Serverless::StateMachine" else self.physical_name(name)
+
+    def with_stack_name(self, stack_name: str) -> "Template":
+        """The same template as deployed under another stack name."""
+        return Template(self.path, self.doc, dict(self.parameters), self.region, self.account, stack_name)
 
     def event_rules(self, logical: str) -> list[dict[str, Any]]:
         """The EventBridge patterns that start a state machine (its SAM `EventBridgeRule` events)."""
@@ -94,11 +120,16 @@ class Template:
         if isinstance(value, str):
             return value
         if isinstance(value, list):
-            return [self.resolve(v) for v in value]
+            return [r for r in (self.resolve(v) for v in value) if r is not _NO_VALUE]
         if isinstance(value, dict) and len(value) == 1:
             (fn, arg), = value.items()
+            if fn == "Ref" and arg == "AWS::NoValue":
+                return _NO_VALUE
             if fn == "Ref":
                 return self._ref(arg)
+            if fn == "Fn::If":
+                cond, if_true, if_false = arg
+                return self.resolve(if_true if self.condition(cond) else if_false)
             if fn == "Fn::GetAtt":
                 logical, attr = arg if isinstance(arg, list) else arg.split(".", 1)
                 return self._get_att(logical, attr)
@@ -114,7 +145,9 @@ class Template:
                     return self._ref(name)
                 return _SUB.sub(sub, text)
         if isinstance(value, dict):
-            return {k: self.resolve(v) for k, v in value.items()}
+            return {k: r for k, r in ((k, self.resolve(v)) for k, v in value.items()) if r is not _NO_VALUE}
+        if isinstance(value, (int, float, bool)):
+            return value
         raise ValueError(f"cannot resolve {value!r}")
 
     def substitutions(self, logical: str) -> dict[str, str]:
