@@ -110,10 +110,17 @@ def test_intake_bare_key_takes_the_ingestion_bucket(stack, event):
     assert result.output["batch"] == BATCH
 
 
-def test_intake_explicit_bucket_is_kept(stack, event):
+def test_intake_key_in_another_bucket_is_rejected_naming_the_ingestion_bucket(stack, event):
+    # The builders may read only the ingestion bucket: a batch elsewhere would take a lock, start a
+    # pipeline and fail in the builder with AccessDenied.
     event["s3_key"] = event["s3_key"].replace("mlbatch-example-ingest", "other-bucket")
+    before = started(stack)
+
     result = stack.intake(event)
-    assert result.output["batch"]["mini_batch_s3_prefix"].startswith("s3://other-bucket/acme/")
+
+    assert (result.status, result.error) == ("FAILED", "Intake.InvalidS3Key")
+    assert "other-bucket" in result.cause and "mlbatch-example-ingest" in result.cause
+    assert stack.locks() == [] and started(stack) == before
 
 
 # --- the lock -----------------------------------------------------------------------------
@@ -127,8 +134,9 @@ def test_intake_redelivered_event_is_suppressed(stack, event):
     assert again.status == "SUCCEEDED"
     assert again.output == {
         "status": "DUPLICATE_SUPPRESSED", "batch": BATCH, "lock_key": LOCK_KEY,
-        "suppressed_by": {"status": "IN_PROGRESS", "attempts": "1",
-                          "pipeline_execution_arn": first.output["pipeline_execution_arn"]},
+        "suppressed_by": {"status": "IN_PROGRESS", "attempts": "1", "mini_batch_id": "mb-000123",
+                          "pipeline_execution_arn": first.output["pipeline_execution_arn"],
+                          "note": again.output["suppressed_by"]["note"]},
         "how_to_rerun": again.output["how_to_rerun"]}
     assert "force" in again.output["how_to_rerun"] and "mlbatch replay" in again.output["how_to_rerun"]
     assert started(stack) == before
@@ -202,6 +210,21 @@ def test_intake_in_progress_lock_suppresses_even_when_forced(stack, event):
     assert forced.output["status"] == "DUPLICATE_SUPPRESSED"
     assert started(stack) == before
     assert stack.lock(LOCK_KEY)["attempts"] == 1
+
+
+def test_intake_forced_run_takes_over_the_succeeded_lock_with_a_second_conditional_write(stack, event):
+    # The first write's condition holds no `force` (DynamoDB compares attributes with values, not
+    # two values): a forced run meets the SUCCEEDED lock, reads it, then takes it over.
+    stack.intake(event)
+    stack.set_lock({**stack.lock(LOCK_KEY), "status": "SUCCEEDED"})
+
+    forced = stack.intake(load_event("forced_rerun"))
+
+    entered = [name for name, kind in path(stack.engine.history(forced.arn)) if kind.endswith("Entered")]
+    assert entered[-5:] == ["Acquire the window lock", "Read the existing lock", "Is the lock held by this mini-batch?",
+                            "Take over the succeeded lock", "Start the pipeline"]
+    assert forced.output["status"] == "STARTED"
+    assert stack.lock(LOCK_KEY)["status"] == "IN_PROGRESS"
 
 
 def test_intake_force_false_behaves_like_no_force(stack, event):
@@ -336,3 +359,71 @@ def test_intake_malformed_json_body_fails_without_a_lock(stack):
     result = stack.intake({"body": "{not json}"})
     assert result.status == "FAILED"
     assert stack.locks() == []
+
+
+# --- lock items mlbatch did not write (a table adopted from another orchestrator) -----------------
+
+def _raw_lock(stack, item: dict) -> None:
+    """Put a lock item as given in DynamoDB's typed form (types mlbatch never writes included)."""
+    stack.engine.dynamodb.put_item(TableName=stack.table("LockTable"), Item={"lock_key": {"S": LOCK_KEY}, **item})
+
+
+FOREIGN_DUPLICATES = [
+    # (lock item attributes besides lock_key, suppressed_by expected)
+    ({"status": {"S": "SUCCEEDED"}, "mini_batch_id": {"S": "mb-000123"}},
+     {"status": "SUCCEEDED", "mini_batch_id": "mb-000123", "pipeline_execution_arn": None, "attempts": None}),
+    ({"status": {"S": "SUCCEEDED"}},
+     {"status": "SUCCEEDED", "mini_batch_id": None, "pipeline_execution_arn": None, "attempts": None}),
+    ({}, {"status": "unknown", "mini_batch_id": None, "pipeline_execution_arn": None, "attempts": None}),
+    ({"status": {"S": "DONE"}, "mini_batch_id": {"S": "mb-other"}, "attempts": {"N": "4"}},
+     {"status": "DONE", "mini_batch_id": "mb-other", "pipeline_execution_arn": None, "attempts": "4"}),
+    ({"status": {"N": "2"}, "mini_batch_id": {"S": "mb-000123"}, "pipeline_execution_arn": {"S": "arn:x"}},
+     {"status": "unknown", "mini_batch_id": "mb-000123", "pipeline_execution_arn": "arn:x", "attempts": None}),
+]
+
+
+@pytest.mark.parametrize("item, suppressed_by", FOREIGN_DUPLICATES, ids=[
+    "same-batch-no-mlbatch-fields", "no-mini-batch-id", "key-only", "unknown-status", "status-not-a-string"])
+def test_intake_lock_item_without_mlbatch_attributes_is_a_named_duplicate(stack, event, item, suppressed_by):
+    _raw_lock(stack, item)
+    before_item = stack.engine.dynamodb.get_item(TableName=stack.table("LockTable"),
+                                                 Key={"lock_key": {"S": LOCK_KEY}})["Item"]
+    before = started(stack)
+
+    result = stack.intake(event)
+
+    assert result.status == "SUCCEEDED", (result.error, result.cause)
+    assert result.output["status"] == "DUPLICATE_SUPPRESSED"
+    got = result.output["suppressed_by"]
+    assert {k: got[k] for k in suppressed_by} == suppressed_by
+    assert "note" in got and "how_to_rerun" in result.output
+    assert started(stack) == before
+    after_item = stack.engine.dynamodb.get_item(TableName=stack.table("LockTable"), Key={"lock_key": {"S": LOCK_KEY}})
+    assert after_item["Item"] == before_item  # nothing was changed
+
+
+def test_intake_foreign_lock_of_another_batch_in_progress_is_a_collision(stack, event):
+    _raw_lock(stack, {"status": {"S": "IN_PROGRESS"}, "mini_batch_id": {"S": "mb-other"}})
+    result = stack.intake(event)
+    assert result.error == "Intake.WindowCollision"
+    assert "mb-other" in result.cause and "mb-000123" in result.cause
+
+
+def test_intake_foreign_failed_lock_without_attempts_is_acquired(stack, event):
+    _raw_lock(stack, {"status": {"S": "FAILED"}, "legacy_owner": {"S": "airflow"}})
+    result = stack.intake(event)
+    assert result.output["status"] == "STARTED"
+    lock = stack.lock(LOCK_KEY)
+    assert (lock["status"], lock["attempts"], lock["legacy_owner"]) == ("IN_PROGRESS", 1, "airflow")  # only adds
+
+
+def test_intake_foreign_lock_of_the_wrong_types_fails_with_a_named_error(stack, event):
+    # attempts stored as a string: the acquisition's ADD cannot count it
+    _raw_lock(stack, {"status": {"S": "FAILED"}, "attempts": {"S": "3"}})
+    before = started(stack)
+
+    result = stack.intake(event)
+
+    assert result.error == "Intake.LockWriteFailed"
+    assert LOCK_KEY in result.cause and "mlbatch locks show" in result.cause
+    assert started(stack) == before

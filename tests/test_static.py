@@ -49,20 +49,6 @@ def strings(node):
             yield from strings(v)
 
 
-def intrinsic_depth(expr: str) -> int:
-    depth = best = 0
-    in_quote = False
-    for i, c in enumerate(expr):
-        if c == "'" and (i == 0 or expr[i - 1] != "\\"):
-            in_quote = not in_quote
-        elif not in_quote and c == "(" and re.search(r"States\.\w+$", expr[:i]):
-            depth += 1
-            best = max(best, depth)
-        elif not in_quote and c == ")":
-            depth -= 1
-    return best
-
-
 def test_rendered_asl_is_current():
     stale = render.check()
     assert not stale, f"run `mlbatch render`: stale {[str(p) for p in stale]}"
@@ -73,15 +59,27 @@ def test_every_template_has_its_rendered_file():
 
 
 # statelint predates ItemReader's ReaderConfig.InputType (required by AWS for CSV/JSON/JSONL
-# manifests); asl-validator knows it. Only that message is forgiven.
-STATELINT_GAPS = re.compile(r'Field "InputType" not allowed in .*\.ItemReader\.ReaderConfig')
+# manifests) and workflow variables (Assign, and "$name" paths, AWS 2024-11); asl-validator and
+# AWS's own language service know both. Only those messages are forgiven, and a "not a JSONPath"
+# message only for a field that does hold a variable reference.
+STATELINT_GAPS = re.compile(r'Field "InputType" not allowed in .*\.ItemReader\.ReaderConfig|Field "Assign" not allowed in ')
+NOT_A_PATH = re.compile(r'Field "(?P<field>[^"]+)" of Parameters at "[^"]*" is not a JSONPath or intrinsic function expression')
+VARIABLE = re.compile(r"\$[A-Za-z_][A-Za-z0-9_]*")
+
+
+def _variable_fields(node) -> set[str]:
+    """The `.$` fields whose value reads a workflow variable ($name or $name.path)."""
+    return {k for k, v in strings(node) if isinstance(k, str) and k.endswith(".$") and isinstance(v, str)
+            and VARIABLE.match(v) and not v.startswith("$$")}
 
 
 @pytest.mark.parametrize("asl", ASL_FILES, ids=lambda p: p.name)
 def test_statelint_accepts(asl):
     exe = tool(Path(sys.executable).with_name("statelint"), "statelint")
     run = subprocess.run([exe, "--ignore=URI,FLOAT", str(asl)], capture_output=True, text=True)
-    problems = [line for line in run.stdout.splitlines()[1:] if line.strip() and not STATELINT_GAPS.search(line)]
+    variables = _variable_fields(json.loads(asl.read_text()))
+    problems = [line for line in run.stdout.splitlines()[1:] if line.strip() and not STATELINT_GAPS.search(line)
+                and not ((m := NOT_A_PATH.search(line)) and m["field"] in variables)]
     assert not problems and not run.stderr.strip(), run.stdout + run.stderr
 
 
@@ -118,19 +116,12 @@ def test_error_names_are_listed(asl):
 
 
 @pytest.mark.parametrize("asl", ASL_FILES, ids=lambda p: p.name)
-def test_asl_is_portable_and_within_aws_limits(asl):
+def test_asl_is_portable(asl):
+    """No account ids or resource ARNs in the ASL: only ${PascalCase} placeholders (AWS limits:
+    tests/test_aws_rules.py)."""
     text = asl.read_text()
-    definition = json.loads(text)
-    assert len(text.encode()) < 1_048_576, "definition over the 1 MB quota"
     assert not re.search(r"\b\d{12}\b", text), "no account ids in ASL"
     assert not re.search(r"arn:aws[a-z-]*:(?!states:::)", text), "no ARNs but integration ARNs in ASL"
-    for name, _ in states(definition):
-        assert len(name) <= 80, name
-    for key, value in strings(definition):
-        if isinstance(key, str) and key.endswith(".$") and isinstance(value, str) and value.startswith("States."):
-            assert intrinsic_depth(value) <= 10, f"{key}: more than 10 nested intrinsics"
-        if key in ("CausePath",) and isinstance(value, str):
-            assert intrinsic_depth(value) <= 10
 
 
 def test_error_table_is_in_the_readme():
@@ -157,7 +148,9 @@ def test_every_path_the_intake_reads_resolves_against_the_examples():
 
 
 def test_cfn_lint_accepts_the_template():
-    run = subprocess.run([str(Path(sys.executable).with_name("cfn-lint")), str(ROOT / "template.yaml")],
+    # informational checks too: I3011 wants every stateful resource's deletion and replacement explicit
+    run = subprocess.run([str(Path(sys.executable).with_name("cfn-lint")), "--include-checks", "I", "--",
+                          str(ROOT / "template.yaml")],
                          capture_output=True, text=True, env={**os.environ, "AWS_DEFAULT_REGION": "us-east-1"})
     assert run.returncode == 0, run.stdout + run.stderr
 

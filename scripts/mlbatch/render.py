@@ -8,6 +8,7 @@ from pathlib import Path
 import jinja2
 
 from .defaults import FIELD_MAPPING
+from . import settings
 from .settings import CRON, ROOT, YEAR_MAX, YEAR_MIN
 from .window import leap_years, minute_table
 
@@ -57,7 +58,10 @@ def environment(extra_paths: list[Path] | None = None) -> jinja2.Environment:
                              extensions=["jinja2.ext.do"])
     env.filters["compact"] = lambda v: json.dumps(v, separators=(",", ":"))
     env.filters["regex_replace_int"] = lambda v, fmt: fmt % int(v)
-    env.globals.update(tables=lookup_tables(), arr=_intrinsic_array, cron=CRON, FIELD_MAPPING=list(FIELD_MAPPING))
+    env.globals.update(tables=lookup_tables(), arr=_intrinsic_array, cron=CRON, FIELD_MAPPING=list(FIELD_MAPPING),
+                       INTAKE_TIMEOUT_SECONDS=settings.INTAKE_TIMEOUT_SECONDS,
+                       PIPELINE_BACKSTOP_SECONDS=settings.PIPELINE_BACKSTOP_SECONDS,
+                       EXTRACTOR_MAX_RUNTIME_SECONDS=settings.EXTRACTOR_MAX_RUNTIME_SECONDS)
     return env
 
 

@@ -61,6 +61,10 @@ class Sandbox:
         os.environ.setdefault("SFN_MOCK_CONFIG", str(MOCK_CONFIG))
         self.engine.__enter__()
         self.deployment = self.engine.deploy(self.template)
+        # the buckets the stack is given (its parameters), as they exist in the account
+        s3 = self.engine.client("s3")
+        for param in ("IngestionBucketName", "OutputBucketName"):
+            s3.create_bucket(Bucket=self.template.parameters[param])
         self.intake_arn = self.arn("IntakeStateMachine")
         self.started_pipeline_arn = self.pipeline_arn
         return self

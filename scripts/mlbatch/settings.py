@@ -3,7 +3,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-__all__ = ["CRON", "YEAR_MIN", "YEAR_MAX", "ROOT", "REGION"]
+__all__ = ["CRON", "YEAR_MIN", "YEAR_MAX", "ROOT", "REGION", "INTAKE_TIMEOUT_SECONDS", "PIPELINE_BACKSTOP_SECONDS",
+           "MAX_PROCESSING_SECONDS", "MAX_PROVISIONING_MARGIN_SECONDS", "EXTRACTOR_MAX_RUNTIME_SECONDS"]
 
 #: The EventBridge-style schedule whose minute field defines the window grid.
 #: It is the one setting both the ASL lookup tables and the Python reference
@@ -21,3 +22,17 @@ ROOT = Path(__file__).resolve().parents[2]
 
 #: The region the embedded engine runs in.
 REGION = "us-east-1"
+
+#: The intake makes three service calls with bounded retries (seconds); no execution may hold
+#: a window for longer than this (AWS ends it TIMED_OUT).
+INTAKE_TIMEOUT_SECONDS = 300
+
+#: Builders run at most SageMaker's 5 days (432,000 s) each; the pipeline stops waiting for one
+#: after its max runtime plus ProvisioningMarginSeconds (at most 3,600 s). The whole pipeline is
+#: bounded by that and an hour for everything else: a backstop, it should never fire.
+MAX_PROCESSING_SECONDS = 432_000
+MAX_PROVISIONING_MARGIN_SECONDS = 3_600
+PIPELINE_BACKSTOP_SECONDS = MAX_PROCESSING_SECONDS + MAX_PROVISIONING_MARGIN_SECONDS + 3_600
+
+#: The extractor job's own limits (a year of history takes minutes).
+EXTRACTOR_MAX_RUNTIME_SECONDS = 86_400
