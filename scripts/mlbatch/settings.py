@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-__all__ = ["CRON", "YEAR_MIN", "YEAR_MAX", "ROOT", "REGION"]
+__all__ = ["CRON", "YEAR_MIN", "YEAR_MAX", "ROOT", "REGION", "ENDPOINT_ENV"]
 
 #: The EventBridge-style schedule whose minute field defines the window grid.
 #: It is the one setting both the ASL lookup tables and the Python reference
@@ -21,3 +21,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 #: The region the embedded engine runs in.
 REGION = "us-east-1"
+
+#: The one endpoint setting: the AWS SDKs' own variable. Set, every command (and the
+#: test suite) talks to that endpoint -- `mlbatch local up` prints it; unset, AWS.
+ENDPOINT_ENV = "AWS_ENDPOINT_URL"
