@@ -458,6 +458,17 @@ def _check_usage(sub, args) -> None:
             error("--s3-key and --timestamp go together")
 
 
+def _doc(command) -> str:
+    """A command's docstring as its --help description (dedented)."""
+    import inspect
+    return inspect.cleandoc(command.__doc__)
+
+
+def _summary(command) -> str:
+    """The first sentence of a command's docstring, for the list of commands."""
+    return _doc(command).replace("\n", " ").split(". ")[0].rstrip(".")
+
+
 def _version() -> str:
     from importlib.metadata import PackageNotFoundError, version
     try:
@@ -477,7 +488,7 @@ def main(argv: list[str] | None = None) -> int:
                                             "problem and the fix), 2 bad usage")
     parser.add_argument("--version", action="version", version=f"mlbatch {_version()}")
     sub = parser.add_subparsers(dest="command", required=True)
-    p = sub.add_parser("render", help=cmd_render.__doc__, description=cmd_render.__doc__,
+    p = sub.add_parser("render", help=_summary(cmd_render), description=_doc(cmd_render),
                        epilog="example: mlbatch render --check   # exit 1 names stale files")
     p.add_argument("--check", action="store_true", help="change nothing; exit 1 if any rendered file is stale")
     p.set_defaults(func=cmd_render)
@@ -501,7 +512,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--workers", type=int, default=8, help="date spans listed in parallel (default 8)")
     p.add_argument("--quiet", action="store_true", help="no progress on stderr")
     p.set_defaults(func=cmd_extract)
-    p = sub.add_parser("defaults", help=cmd_defaults.__doc__, description=cmd_defaults.__doc__,
+    p = sub.add_parser("defaults", help=_summary(cmd_defaults), description=_doc(cmd_defaults),
                        formatter_class=argparse.RawDescriptionHelpFormatter,
                        epilog="examples:\n  mlbatch defaults check sam/project-defaults/*.json\n"
                               "  mlbatch defaults put sam/project-defaults/*.json --table <ProjectDefaultsTableName>\n"
@@ -511,7 +522,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--table", help="project-defaults table (default: $MLBATCH_DEFAULTS_TABLE)")
     p.add_argument("--dry-run", action="store_true", help="validate, write nothing")
     p.set_defaults(func=cmd_defaults)
-    p = sub.add_parser("locks", help=cmd_locks.__doc__, description=cmd_locks.__doc__,
+    p = sub.add_parser("locks", help=_summary(cmd_locks), description=_doc(cmd_locks),
                        formatter_class=argparse.RawDescriptionHelpFormatter,
                        epilog="examples:\n  mlbatch locks list --project traffic-anomaly --status FAILED --json\n"
                               "  mlbatch locks list --from 2024-03-01 --to 2024-03-01T12:00:00Z\n"
@@ -535,7 +546,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--dry-run", action="store_true", help="for reset: show the result, write nothing")
     p.add_argument("--json", action="store_true", help="JSON (Lines for list) for scripts")
     p.set_defaults(func=cmd_locks)
-    p = sub.add_parser("replay", help=cmd_replay.__doc__, description=cmd_replay.__doc__,
+    p = sub.add_parser("replay", help=_summary(cmd_replay), description=_doc(cmd_replay),
                        formatter_class=argparse.RawDescriptionHelpFormatter,
                        epilog="examples:\n  mlbatch replay arn:aws:states:...:execution:mlbatch-intake:8a2b...\n"
                               "  mlbatch replay <intake execution ARN> --force --reason 're-run after fix'\n"
@@ -550,7 +561,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--table", help="lock table, to name the intake execution owning a pipeline's window "
                                    "(default: $MLBATCH_LOCK_TABLE)")
     p.set_defaults(func=cmd_replay)
-    p = sub.add_parser("run", help=cmd_run.__doc__, description=cmd_run.__doc__,
+    p = sub.add_parser("run", help=_summary(cmd_run), description=_doc(cmd_run),
                        formatter_class=argparse.RawDescriptionHelpFormatter,
                        epilog="examples:\n  mlbatch run   # the demo (make run)\n"
                               "  mlbatch run --event tests/events/live_event.json\n"
@@ -565,14 +576,14 @@ def main(argv: list[str] | None = None) -> int:
                                                    "else found by name at AWS_ENDPOINT_URL)")
     p.add_argument("--timeout", type=_positive_int, default=120, help="seconds to wait per execution (default 120)")
     p.set_defaults(func=cmd_run)
-    p = sub.add_parser("bench", help=cmd_bench.__doc__, description=cmd_bench.__doc__,
+    p = sub.add_parser("bench", help=_summary(cmd_bench), description=_doc(cmd_bench),
                        epilog="example: mlbatch bench --runs 20 --only intake --only pipeline")
     p.add_argument("--runs", type=_positive_int, default=20, help="executions per path (default 20)")
     p.add_argument("--json", action="store_true", help="JSON Lines instead of Markdown tables")
     p.add_argument("--only", action="append", choices=["intake", "pipeline", "backfill", "extractor"],
                    help="run only this part (repeatable)")
     p.set_defaults(func=cmd_bench)
-    p = sub.add_parser("local", help=cmd_local.__doc__, description=cmd_local.__doc__,
+    p = sub.add_parser("local", help=_summary(cmd_local), description=_doc(cmd_local),
                        formatter_class=argparse.RawDescriptionHelpFormatter,
                        epilog='examples:\n  eval "$(mlbatch local up --shell)"   # start, deploy, use it here\n'
                               "  mlbatch run --event tests/events/live_event.json\n  mlbatch local status\n"
@@ -617,6 +628,9 @@ def _run(args) -> int:
     except KeyboardInterrupt:
         print(f"mlbatch {args.command}: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `mlbatch ... | head`: the reader has what it wanted
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit
+        return 141
     except (OperatorError, LocalError, DeployError) as exc:
         message = str(exc)
     except Exception as exc:
