@@ -80,6 +80,8 @@ def test_run_pushes_an_event_through_the_local_intake_and_its_pipeline_and_locks
     (lock,) = [json.loads(line) for line in out.splitlines()]
     assert code == 0
     assert (lock["lock_key"], lock["status"], lock["source"]) == (LOCK_KEY, "SUCCEEDED", "inference")
+    code, _, err = cli(capsys, "replay", lock["pipeline_execution_arn"], "--redrive")  # an HTML 500 before
+    assert code == 1 and "does not implement RedriveExecution" in err and "<" not in err
 
 
 def test_a_second_up_reuses_the_server_and_every_resource_and_updates_a_changed_definition(in_stack, capsys):

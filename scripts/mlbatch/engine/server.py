@@ -68,6 +68,7 @@ def serve(port: int, ready_file: Path | None = None, mock_config: Path | None = 
 
 
 def main(argv: list[str] | None = None) -> int:
+    """The server process's entry point (`mlbatch local up` starts it); exit 1 if it cannot serve."""
     parser = argparse.ArgumentParser(prog="python -m mlbatch.engine.server", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--port", type=int, default=0, help="port on 127.0.0.1 (0: any free port)")
