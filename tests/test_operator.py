@@ -26,7 +26,10 @@ def ops(live, monkeypatch):
 
 
 def cli(capsys, *argv) -> tuple[int, str, str]:
-    code = main(list(argv))
+    try:
+        code = main(list(argv))
+    except SystemExit as exc:  # argparse: usage errors exit 2
+        code = exc.code
     out = capsys.readouterr()
     return code, out.out, out.err
 
@@ -78,7 +81,7 @@ def test_replay_of_a_succeeded_intake_is_suppressed_and_forcing_records_the_reas
 def test_replay_refuses_what_it_cannot_do(ops, capsys):
     intake = ops.intake(load_event("live_event"))
     finish(ops, intake)
-    assert cli(capsys, "replay", intake.arn, "--force")[0] == 1  # no reason
+    assert cli(capsys, "replay", intake.arn, "--force")[0] == 2  # no reason: bad usage
     code, out, err = cli(capsys, "replay", intake.output["pipeline_execution_arn"], "--dry-run")
     assert code == 0 and "Pipeline.LockLost" in err and json.loads(out)["kind"] == "pipeline"
     assert cli(capsys, "replay", intake.output["pipeline_execution_arn"])[0] == 1  # needs --yes
@@ -112,8 +115,9 @@ def test_locks_list_show_and_reset_rules(ops, capsys):
     assert LOCK_KEY in cli(capsys, "locks", "list")[1]
     assert json.loads(cli(capsys, "locks", "show", LOCK_KEY, "--json")[1])["status"] == "SUCCEEDED"
     assert cli(capsys, "locks", "show", "no#such#lock#x")[0] == 1
-    assert cli(capsys, "locks", "reset", LOCK_KEY)[0] == 1  # a reason is required
-    assert json.loads(cli(capsys, "locks", "reset", LOCK_KEY, "--reason", "r", "--dry-run")[1])["status"] == "FAILED"
+    assert cli(capsys, "locks", "reset", LOCK_KEY)[0] == 2  # a reason is required: bad usage
+    code, out, err = cli(capsys, "locks", "reset", LOCK_KEY, "--reason", "r", "--dry-run")
+    assert json.loads(out)["status"] == "FAILED" and "dry run: nothing was written" in err
     assert ops.lock(LOCK_KEY)["status"] == "SUCCEEDED"  # dry run changed nothing
 
 
@@ -198,3 +202,107 @@ def test_diagrams_show_every_state_and_transition(asl):
     for name in names(definition):
         assert f'"{name.replace(chr(34), chr(39))}' in text, name
     assert text.count("-->") + text.count(".->") >= len(definition["States"])
+
+
+# --- the ledger on any item, a reset that is safe, replays that name their owner ---------------
+
+def test_locks_work_on_items_another_orchestrator_wrote(ops, capsys):
+    ops.set_lock({"lock_key": "legacy#1"})
+    ops.set_lock({"lock_key": "legacy#2", "status": "SUCCEEDED"})
+
+    code, out, _ = cli(capsys, "locks", "list", "--json")
+    table = cli(capsys, "locks", "list")[1]
+    shown = json.loads(cli(capsys, "locks", "show", "legacy#1", "--json")[1])
+    reset_bare = cli(capsys, "locks", "reset", "legacy#1", "--reason", "adopted by mlbatch")
+    reset_done = cli(capsys, "locks", "reset", "legacy#2", "--reason", "re-run under mlbatch")
+
+    assert code == 0 and [json.loads(line)["lock_key"] for line in out.splitlines()] == ["legacy#1", "legacy#2"]
+    assert "legacy#1" in table and shown == {"lock_key": "legacy#1"}
+    assert (reset_bare[0], reset_done[0]) == (0, 0)
+    assert ops.lock("legacy#1")["status"] == "FAILED" and "previous_error" not in ops.lock("legacy#1")
+    assert "was SUCCEEDED" in reset_done[2]
+    assert ops.lock("legacy#2")["reason"] == "re-run under mlbatch"
+
+
+def test_locks_list_filters_by_mini_batch_source_and_window_start(ops, capsys):
+    base = {"project_name": "p", "status": "SUCCEEDED"}
+    ops.set_lock({**base, "lock_key": "a", "mini_batch_id": "mb-1", "source": "inference",
+                  "batch_start_ts_iso": "2024-03-01T00:08:00Z"})
+    ops.set_lock({**base, "lock_key": "b", "mini_batch_id": "mb-2", "source": "backfill",
+                  "batch_start_ts_iso": "2024-03-01T23:53:00Z"})
+    ops.set_lock({**base, "lock_key": "c", "mini_batch_id": "mb-3", "source": "backfill",
+                  "batch_start_ts_iso": "2024-03-02T00:08:00Z"})
+
+    def keys(*argv):
+        code, out, err = cli(capsys, "locks", "list", "--json", *argv)
+        assert code == 0, err
+        return [json.loads(line)["lock_key"] for line in out.splitlines()]
+
+    assert keys("--mini-batch", "mb-2") == ["b"]
+    assert keys("--source", "backfill") == ["b", "c"]
+    assert keys("--from", "2024-03-01", "--to", "2024-03-01") == ["a", "b"]  # dates are whole days
+    assert keys("--from", "2024-03-01T01:08:00+01:00", "--to", "2024-03-01T00:08:00.5Z") == ["a"]  # offsets: UTC
+    assert keys("--from", "2024-03-01T00:08:00.5Z") == ["b", "c"]
+
+
+def test_locks_reset_refuses_an_in_progress_lock_unless_told_and_then_shows_its_pipeline(ops, capsys):
+    intake = ops.intake(load_event("live_event"))
+    pipeline = intake.output["pipeline_execution_arn"]
+    finish(ops, intake)
+    ops.set_lock({**ops.lock(LOCK_KEY), "status": "IN_PROGRESS", "error": "States.TaskFailed", "cause": "job 1"})
+
+    refused = cli(capsys, "locks", "reset", LOCK_KEY, "--reason", "stuck")
+    dry = cli(capsys, "locks", "reset", LOCK_KEY, "--reason", "stuck", "--in-progress-ok", "--dry-run")
+    unchanged = ops.lock(LOCK_KEY)
+    done = cli(capsys, "locks", "reset", LOCK_KEY, "--reason", "stuck", "--in-progress-ok")
+
+    assert refused[0] == 1 and "IN_PROGRESS" in refused[2] and pipeline in refused[2] and "SUCCEEDED" in refused[2]
+    assert "--in-progress-ok" in refused[2]
+    assert dry[0] == 0 and "nothing was written" in dry[2] and f"{pipeline} is SUCCEEDED" in dry[2]
+    assert unchanged["status"] == "IN_PROGRESS"
+    assert done[0] == 0 and f"{pipeline} is SUCCEEDED" in done[2]
+    lock = ops.lock(LOCK_KEY)
+    assert (lock["status"], lock["error"], lock["cause"]) == ("FAILED", "Operator.Reset", "stuck")
+    assert (lock["previous_error"], lock["previous_cause"]) == ("States.TaskFailed", "job 1")
+
+
+def test_locks_reset_never_overwrites_a_lock_that_changed_after_it_was_read(ops):
+    from mlbatch.operator import OperatorError, apply_reset, plan_reset
+    ops.set_lock({"lock_key": "race#1", "status": "FAILED", "error": "Pipeline.BuildFailed"})
+    plan = plan_reset(ops.table("LockTable"), "race#1", "retry", ddb=ops.engine.dynamodb)
+    ops.set_lock({"lock_key": "race#1", "status": "IN_PROGRESS", "pipeline_execution_arn": "arn:new"})  # re-acquired
+
+    with pytest.raises(OperatorError, match="changed while it was being reset .*now IN_PROGRESS"):
+        apply_reset(plan, ops.engine.dynamodb)
+
+    assert ops.lock("race#1") == {"lock_key": "race#1", "status": "IN_PROGRESS", "pipeline_execution_arn": "arn:new"}
+
+
+def test_replay_names_stay_within_80_characters_and_apart(ops, capsys):
+    from mlbatch.operator import replay_name
+    long_a, long_b = "a" * 70 + "-first-run", "a" * 70 + "-other-run"
+    failed = [ops.engine.run(ops.arn("IntakeStateMachine"), {"hello": 1}, name=n) for n in (long_a, long_b)]
+
+    names = [json.loads(cli(capsys, "replay", f.arn, "--dry-run")[1])["name"] for f in failed]
+    first = json.loads(cli(capsys, "replay", failed[0].arn)[1])
+    again = json.loads(cli(capsys, "replay", first["started"])[1])  # a replay of the replay
+
+    assert all(len(n) <= 80 for n in names + [first["name"], again["name"]])
+    assert names[0] != names[1] and names[0].endswith("-replay-1") and names[0].startswith("a" * 40)
+    assert again["name"] == names[0].replace("-replay-1", "-replay-2")
+    assert replay_name("8a2b", 3) == "8a2b-replay-3"
+
+
+def test_replay_of_a_pipeline_names_the_intake_execution_owning_its_window(ops, capsys, monkeypatch):
+    intake = ops.intake(load_event("live_event"))
+    finish(ops, intake)
+    pipeline = intake.output["pipeline_execution_arn"]
+
+    code, _, err = cli(capsys, "replay", pipeline, "--dry-run")
+    monkeypatch.delenv("MLBATCH_LOCK_TABLE")
+    _, _, err_without_table = cli(capsys, "replay", pipeline, "--dry-run")
+
+    assert code == 0
+    assert f"The intake execution that owns the window: {intake.arn}" in err
+    assert f"mlbatch replay {intake.arn}" in err
+    assert "name the lock table with --table or MLBATCH_LOCK_TABLE" in err_without_table

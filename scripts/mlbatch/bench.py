@@ -8,6 +8,7 @@ import sys
 from collections.abc import Callable
 
 from .engine.harness import service_calls
+from .progress import Progress
 from .sandbox import Sandbox, load_event
 
 __all__ = ["bench_intake", "bench_pipeline", "bench_extractor", "bench_backfill_unit"]
@@ -45,7 +46,7 @@ def _row(label: str, samples: list[tuple[int, int, float]]) -> dict:
 
 def bench_intake(runs: int = 20, progress: Callable[[str], None] | None = None) -> list[dict]:
     """Measure each intake path `runs` times on the embedded engine; one row per path."""
-    progress = progress or (lambda msg: print(msg, file=sys.stderr))
+    progress = progress or Progress()
     live = load_event("live_event")
     rows = []
     with Sandbox() as sb:
@@ -92,6 +93,7 @@ def bench_intake(runs: int = 20, progress: Callable[[str], None] | None = None) 
         for label, machine, make, expect in scenarios:
             samples = []
             for i in range(runs):
+                progress(f"bench: intake {label} {i + 1}/{runs}")
                 result = sb.engine.run(machine, copy.deepcopy(make(i)))
                 got = result.output["status"] if result.status == "SUCCEEDED" else result.error
                 if got != expect:
@@ -104,7 +106,7 @@ def bench_intake(runs: int = 20, progress: Callable[[str], None] | None = None) 
 
 def bench_pipeline(runs: int = 20, progress: Callable[[str], None] | None = None) -> list[dict]:
     """The pipeline per batch (builders mocked) and lock_release, `runs` times each."""
-    progress = progress or (lambda msg: print(msg, file=sys.stderr))
+    progress = progress or Progress()
     live = load_event("live_event")
     rows = []
     with Sandbox() as sb:
@@ -118,7 +120,8 @@ def bench_pipeline(runs: int = 20, progress: Callable[[str], None] | None = None
         for label, case, expect, count in scenarios:
             sb.use_intake("pipeline", case)
             samples = []
-            for _ in range(count):
+            for i in range(count):
+                progress(f"bench: pipeline {label} {i + 1}/{count}")
                 n += 1
                 intake = sb.intake({**_key(live, batch=f"mb-p-{n}"), "timestamp": f"2024-03-01T00:10:00.{n:06d}Z"})
                 pipeline = sb.engine.wait(intake.output["pipeline_execution_arn"], timeout=120)

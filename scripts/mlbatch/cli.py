@@ -1,35 +1,57 @@
-"""The `mlbatch` command: render | run | extract | replay | locks | defaults | bench."""
+"""The `mlbatch` command: render | run | extract | replay | locks | defaults | bench | local."""
 from __future__ import annotations
 
 import argparse
+import datetime as dt
 import json
 import os
+import re
 import sys
 
 __all__ = ["main"]
 
 
 def cmd_render(args) -> int:
-    """Render templates/*.asl.json.j2 to asl/ (or, with --check, name every stale file)."""
+    """Render templates/*.asl.json.j2 to asl/ and the README's generated sections (diagrams, error
+    table); with --check change nothing and name every stale file."""
+    import jinja2
+
     from . import render
-    if args.check:
-        stale = render.check()
-        for path in stale:
-            print(f"stale: {path.relative_to(render.ASL.parent)} (run `mlbatch render` and review the diff)",
+    from .failures import Failure
+    try:
+        if args.check:
+            stale = render.check()
+            for path in stale:
+                print(f"stale: {path.relative_to(render.ASL.parent)} (run `mlbatch render` and review the diff)",
+                      file=sys.stderr)
+            if not stale:
+                print("ok: asl/ and the README's generated sections are up to date", file=sys.stderr)
+            return 1 if stale else 0
+        for path in render.render_all():
+            print(f"rendered {path.relative_to(render.ASL.parent)} - review the diff before committing",
                   file=sys.stderr)
-        return 1 if stale else 0
-    for path in render.render_all():
-        print(f"rendered {path.relative_to(render.ASL.parent)} - review the diff before committing",
-              file=sys.stderr)
+    except jinja2.TemplateSyntaxError as exc:
+        raise Failure(f"templates/{exc.name or exc.filename}, line {exc.lineno}: {exc.message}: "
+                      "fix the template, then run `mlbatch render`") from None
+    except jinja2.TemplateError as exc:  # e.g. an undefined name (StrictUndefined)
+        raise Failure(f"a template fails to render: {exc}: fix it, then run `mlbatch render`") from None
+    except ValueError as exc:  # rendered text that is not JSON (with the lines around), or README markers
+        first, _, context = str(exc).partition("\n")
+        fix = "" if "README" in first else ": fix the template, then run `mlbatch render`"
+        raise Failure(first + fix + ("\n" + context if context else "")) from None
     return 0
 
 
-def cmd_run(args) -> int:
-    """The main job: events through the intake and the pipeline on the embedded engine."""
+def _demo() -> int:
+    """The main job (`make run`): five deliveries on the in-process engine, with traces."""
+    from .engine.harness import Engine
     from .sandbox import MOCK_CONFIG, Sandbox, load_event
     from .trace import execution_trace, ledger_table
 
     failures = 0
+    if os.environ.get("AWS_ENDPOINT_URL"):
+        print("mlbatch run: the demo runs on the in-process engine; to push an event through the stack at "
+              "AWS_ENDPOINT_URL, use `mlbatch run --event FILE`", file=sys.stderr)
 
     def show(title: str, execution, expect: str) -> None:
         nonlocal failures
@@ -47,7 +69,7 @@ def cmd_run(args) -> int:
             pipeline = sb.engine.wait(result.output["pipeline_execution_arn"], timeout=120)
             show(f"{title}: its pipeline (builders: test case {case})", pipeline, pipeline_expect)
 
-    with Sandbox() as sb:
+    with Sandbox(Engine(endpoint_url="")) as sb:
         print(f"engine: {sb.engine.backend}; deployed from template.yaml: "
               f"{', '.join(sb.deployment.state_machines)} + {', '.join(sb.deployment.tables)}")
         print(f"builders: SageMaker jobs mocked from {MOCK_CONFIG.relative_to(MOCK_CONFIG.parents[2])} "
@@ -70,6 +92,93 @@ def cmd_run(args) -> int:
     return 1 if failures else 0
 
 
+def _event_arg(args) -> object:
+    """The event `run` pushes: a file's JSON (any shape the intake accepts) or a normalized event."""
+    from .failures import Failure
+    if args.event is None:
+        return {"s3_key": args.s3_key, "timestamp": args.timestamp}
+    try:
+        text = sys.stdin.read() if args.event == "-" else open(args.event, encoding="utf-8").read()
+    except UnicodeDecodeError:
+        raise Failure(f"{args.event}: not UTF-8 text: --event takes a JSON file") from None
+    except OSError as exc:
+        raise Failure(f"{args.event}: cannot read it: {exc.strerror or exc}") from None
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise Failure(f"{args.event}: not valid JSON ({exc.msg} at line {exc.lineno} column {exc.colno}): "
+                      "--event takes an intake input, e.g. tests/events/live_event.json") from None
+
+
+def _intake_arn(engine, explicit: str | None) -> str:
+    """The deployed intake: --intake, $MLBATCH_INTAKE_ARN, or the template's name found by listing."""
+    from .failures import Failure
+    from .template import load
+    if explicit or os.environ.get("MLBATCH_INTAKE_ARN"):
+        return explicit or os.environ["MLBATCH_INTAKE_ARN"]
+    name = load().physical_name("IntakeStateMachine")
+    for page in engine.sfn.get_paginator("list_state_machines").paginate():
+        for machine in page["stateMachines"]:
+            if machine["name"] == name:
+                return machine["stateMachineArn"]
+    raise Failure(f"no state machine {name} at {engine.endpoint_url}: deploy it with `mlbatch local up` "
+                  "(or name the intake with --intake / MLBATCH_INTAKE_ARN)")
+
+
+def _push(args) -> int:
+    """`run --event/--s3-key`: one event through the intake and its pipeline, with traces."""
+    from .engine.harness import Engine
+    from .failures import Failure
+    from .progress import Progress
+    from .sandbox import Sandbox, load_event
+    from .trace import execution_trace
+
+    event = _event_arg(args)
+    endpoint = os.environ.get("AWS_ENDPOINT_URL", "")
+
+    def run(engine, intake_arn: str) -> int:
+        with Progress() as progress:
+            try:
+                intake = engine.wait(engine.start(intake_arn, event), args.timeout, progress)
+                progress.clear()
+                print(execution_trace("intake", intake, engine.history(intake.arn)) + "\n")
+                if intake.status != "SUCCEEDED":
+                    raise Failure(f"the intake failed: {intake.error}: {intake.cause}")
+                if intake.output.get("status") != "STARTED":
+                    print(f"mlbatch run: {intake.output.get('status')}: no pipeline started "
+                          f"(lock {intake.output.get('lock_key')})", file=sys.stderr)
+                    return 0
+                pipeline = engine.wait(intake.output["pipeline_execution_arn"], args.timeout, progress)
+                progress.clear()
+            except TimeoutError as exc:
+                raise Failure(f"{exc}: look at it in the engine (`aws stepfunctions describe-execution`), or "
+                              "wait longer with --timeout SECONDS") from None
+        print(execution_trace("its pipeline", pipeline, engine.history(pipeline.arn)))
+        if pipeline.status != "SUCCEEDED":
+            raise Failure(f"the pipeline failed: {pipeline.error}: {pipeline.cause}")
+        return 0
+
+    if endpoint:
+        with Engine(endpoint) as engine:
+            print(f"engine: {engine.backend}", file=sys.stderr)
+            return run(engine, _intake_arn(engine, args.intake))
+    with Sandbox(Engine(endpoint_url="")) as sb:
+        print(f"engine: {sb.engine.backend} (set AWS_ENDPOINT_URL to use a running stack); builders: test "
+              "case HappyPath", file=sys.stderr)
+        sb.put_defaults(load_event("project_defaults"))
+        sb.use_intake("pipeline", "HappyPath")
+        return run(sb.engine, sb.intake_arn)
+
+
+def cmd_run(args) -> int:
+    """Events through the intake and the pipeline, with a trace per execution. No arguments: the
+    demo on the in-process engine. --event/--s3-key: your event, through the stack at
+    AWS_ENDPOINT_URL (`mlbatch local up`), or in-process if it is unset."""
+    if args.event is None and args.s3_key is None:
+        return _demo()
+    return _push(args)
+
+
 def _table(rows: list[dict]) -> str:
     cols = list(rows[0])
     lines = ["| " + " | ".join(cols) + " |", "|" + "|".join("---" for _ in cols) + "|"]
@@ -80,15 +189,20 @@ def cmd_bench(args) -> int:
     """Benchmark intake, pipeline, backfill units and the extractor; Markdown tables on stdout
     (JSON Lines with --json), progress on stderr."""
     from .bench import bench_backfill_unit, bench_extractor, bench_intake, bench_pipeline
-    parts = {"intake": lambda: bench_intake(runs=args.runs), "pipeline": lambda: bench_pipeline(runs=args.runs),
-             "backfill": bench_backfill_unit, "extractor": bench_extractor}
-    for name in args.only or list(parts):
-        rows = parts[name]()
-        if args.json:
-            for row in rows:
-                print(json.dumps({"bench": name, **row}))
-        else:
-            print(f"\n### {name}\n\n{_table(rows)}")
+    from .progress import Progress
+    with Progress() as progress:
+        parts = {"intake": lambda: bench_intake(runs=args.runs, progress=progress),
+                 "pipeline": lambda: bench_pipeline(runs=args.runs, progress=progress),
+                 "backfill": lambda: bench_backfill_unit(progress=progress),
+                 "extractor": lambda: bench_extractor(progress=progress)}
+        for name in args.only or list(parts):
+            rows = parts[name]()
+            progress.done(f"bench: {name} done")
+            if args.json:
+                for row in rows:
+                    print(json.dumps({"bench": name, **row}))
+            else:
+                print(f"\n### {name}\n\n{_table(rows)}")
     return 0
 
 
@@ -135,93 +249,246 @@ def cmd_extract(args) -> int:
     return 0
 
 
-def _table_arg(args, env: str, what: str) -> str:
+def _table_arg(args, kind: str) -> str:
+    from .failures import TABLES, Failure
+    _, env, output = TABLES[kind]
     table = args.table or os.environ.get(env)
     if not table:
-        raise SystemExit(f"mlbatch: name the {what} table with --table or {env} (stack output)")
+        raise Failure(f"which {kind} table? name it with --table or {env} (the stack output {output}; "
+                      'for the local stack: eval "$(mlbatch local status --shell)")')
     return table
-
-
-def _fail(exc: Exception) -> int:
-    print(f"mlbatch: {exc}", file=sys.stderr)
-    return 1
 
 
 def cmd_defaults(args) -> int:
     """Check project-defaults items against the schema the state machines read, and load them."""
-    from .defaults import problems
-    from .operator import OperatorError, put_defaults
-    items = []
-    for path in args.files:
-        try:
-            doc = json.loads(open(path).read())
-        except (OSError, json.JSONDecodeError) as exc:
-            return _fail(f"{path}: {exc}")
-        items += doc if isinstance(doc, list) else [doc]
+    import boto3
+
+    from .defaults import check_located, read_files
+    from .failures import Failure, about_table
+    from .operator import put_defaults
+    items, problems = read_files(args.files)
+    problems += check_located(items)
+    for problem in problems:
+        print(f"mlbatch defaults: {problem}", file=sys.stderr)
+    if problems:
+        raise Failure(f"{len(problems)} problem{'s' if len(problems) > 1 else ''} (above): fix the files"
+                      + ("; nothing was written" if args.action == "put" else ""))
     if args.action == "check":
-        bad = [(i, p) for i, item in enumerate(items) if (p := problems(item))]
-        for i, p in bad:
-            print(json.dumps({"item": i, "problems": p}))
-        return 1 if bad else 0
-    try:
-        names = put_defaults(_table_arg(args, "MLBATCH_DEFAULTS_TABLE", "project-defaults"), items, args.dry_run)
-    except OperatorError as exc:
-        return _fail(exc)
+        print(f"ok: {len(items)} items valid", file=sys.stderr)
+        return 0
+    table = _table_arg(args, "project-defaults")
+    ddb = boto3.client("dynamodb")
+    with about_table(table, "project-defaults", ddb):
+        names = put_defaults(table, [located.item for located in items], args.dry_run, ddb)
     for name in names:
         print(json.dumps({"project_name": name, "written": not args.dry_run}))
+    print(f"dry run: {len(names)} items valid; nothing was written to {table}" if args.dry_run
+          else f"ok: {len(names)} items written to {table}", file=sys.stderr)
     return 0
 
 
 def cmd_locks(args) -> int:
     """The lock ledger: list, show, or reset a window (reset marks it FAILED; nothing is deleted)."""
-    from .operator import OperatorError, list_locks, reset_lock, show_lock
+    import boto3
+
+    from .failures import about_table
+    from .operator import apply_reset, list_locks, plan_reset, show_lock
     from .trace import ledger_table
-    table = _table_arg(args, "MLBATCH_LOCK_TABLE", "lock")
-    try:
+    table = _table_arg(args, "lock")
+    ddb = boto3.client("dynamodb")
+    with about_table(table, "lock", ddb):
         if args.action == "list":
-            locks = list_locks(table, args.project, args.status, args.window_from, args.window_to)
+            locks = list_locks(table, args.project, args.status, args.window_from, args.window_to, ddb,
+                               mini_batch=args.mini_batch, source=args.source)
             if args.json:
                 for lock in locks:
                     print(json.dumps(lock))
             else:
                 print(ledger_table(locks))
         elif args.action == "show":
-            print(json.dumps(show_lock(table, args.lock_key), indent=None if args.json else 2))
+            print(json.dumps(show_lock(table, args.lock_key, ddb), indent=None if args.json else 2))
         else:
-            print(json.dumps(reset_lock(table, args.lock_key, args.reason or "", args.dry_run)))
-    except OperatorError as exc:
-        return _fail(exc)
+            plan = plan_reset(table, args.lock_key, args.reason, args.in_progress_ok, ddb)
+            if plan.owner:
+                print(f"mlbatch locks: {args.lock_key} is IN_PROGRESS; its pipeline execution "
+                      f"{plan.owner['pipeline_execution_arn']} is {plan.owner['status']}", file=sys.stderr)
+            if args.dry_run:
+                print(json.dumps(plan.after))
+                print(f"dry run: nothing was written to {table}; the lock above is what the reset would write",
+                      file=sys.stderr)
+                return 0
+            print(json.dumps(apply_reset(plan, ddb)))
+            print(f"reset: the lock is FAILED (was {plan.before.get('status', 'without a status')}); the next "
+                  "delivery or replay of its batch runs the window again", file=sys.stderr)
     return 0
 
 
 def cmd_replay(args) -> int:
     """Start an execution again with its own input (a traceable `<name>-replay-<n>`), or redrive it."""
-    from .operator import OperatorError, plan_replay, redrive, start_replay
-    try:
-        if args.redrive:
-            print(json.dumps({"redriven": redrive(args.execution_arn)}))
-            return 0
-        plan = plan_replay(args.execution_arn, args.force, args.reason)
-        if plan.get("advice"):
-            print(f"mlbatch replay: {plan['advice']}", file=sys.stderr)
-        if args.dry_run:
-            print(json.dumps(plan))
-            return 0
-        if plan["kind"] == "pipeline" and not args.yes:
-            return _fail("not starting a new pipeline execution (see above); add --yes to start it anyway")
-        print(json.dumps({"started": start_replay(plan), "name": plan["name"], "input": plan["input"]}))
-    except OperatorError as exc:
-        return _fail(exc)
+    from .failures import Failure
+    from .operator import plan_replay, redrive, start_replay
+    if args.redrive:
+        print(json.dumps({"redriven": redrive(args.execution_arn)}))
+        return 0
+    lock_table = args.table or os.environ.get("MLBATCH_LOCK_TABLE")
+    plan = plan_replay(args.execution_arn, args.force, args.reason, lock_table=lock_table)
+    if plan.get("advice"):
+        print(f"mlbatch replay: {plan['advice']}", file=sys.stderr)
+    if args.dry_run:
+        print(json.dumps(plan))
+        return 0
+    if plan["kind"] == "pipeline" and not args.yes:
+        raise Failure("not starting a new pipeline execution (see above); add --yes to start it anyway")
+    print(json.dumps({"started": start_replay(plan), "name": plan["name"], "input": plan["input"]}))
     return 0
+
+
+def _print_env(env: dict[str, str], shell: bool, as_json: bool) -> None:
+    from .local import shell_lines
+    if as_json:
+        print(json.dumps(env))
+    elif shell:
+        print(shell_lines(env))
+    else:
+        print("\n".join(f"{name}={value}" for name, value in env.items()))
+
+
+def _actions(actions: dict[str, str]) -> str:
+    """`created 11` / `updated IntakeStateMachine; unchanged 10`: names when few, else a count."""
+    by: dict[str, list[str]] = {}
+    for logical, action in actions.items():
+        by.setdefault(action, []).append(logical)
+    return "; ".join(f"{action} {', '.join(names) if len(names) <= 3 else len(names)}" for action, names in by.items())
+
+
+def cmd_local(args) -> int:
+    """The local stack: the embedded engine as a background server on 127.0.0.1 with
+    template.yaml deployed (builders mocked), for every other command to use via AWS_ENDPOINT_URL."""
+    from . import local
+    from .failures import Failure
+
+    def say(message: str) -> None:
+        print(f"mlbatch local: {message}", file=sys.stderr)
+
+    if args.action == "up":
+        server, started = local.start(args.port)
+        say(f"engine {'started' if started else 'already running'} on {server.endpoint} "
+            f"(pid {server.pid}; log {local.state_dir() / 'server.log'})")
+        stack = local.deploy(server, args.builders)
+        say(f"template.yaml deployed ({_actions(stack.actions)}); builders: test case {stack.builders}")
+        _print_env(stack.env, args.shell, args.json)
+        if not (args.shell or args.json):
+            say('use it in this shell: eval "$(mlbatch local status --shell)"; stop it: mlbatch local down')
+        return 0
+    if args.action == "status":
+        stack = local.deployed()
+        if not stack:
+            raise Failure("the local stack is not running: start it with `mlbatch local up`")
+        if not (args.shell or args.json):
+            say(f"running on {stack.server.endpoint} (pid {stack.server.pid}; builders: test case "
+                f"{stack.builders}; log {local.state_dir() / 'server.log'})")
+            for kind, names in local.inventory(stack.server).items():
+                say(f"{kind}: {', '.join(names) or '(none)'}")
+        _print_env(stack.env, args.shell, args.json)
+        return 0
+    stack = local.deployed() if local.running() else None
+    stopped = local.stop()
+    if args.shell:
+        print(local.unset_lines(stack.env if stack else local.environment_names()))
+    say(f"stopped the engine on {stopped.endpoint} (pid {stopped.pid})" if stopped else "not running")
+    return 0
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"a whole number >= 1 expected, got {text!r}")
+    return value
+
+
+def _window_bound(end: bool):
+    """--from/--to of `locks list`: a real date (whole day) or ISO instant -> `YYYY-MM-DDTHH:MM:SSZ` (UTC)."""
+    def parse(text: str) -> str:
+        try:
+            if re.fullmatch(r"\d{4}-\d{2}-\d{2}", text):
+                day = dt.date.fromisoformat(text)
+                return f"{day.isoformat()}T{'23:59:59' if end else '00:00:00'}Z"
+            t = dt.datetime.fromisoformat(text)
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(
+                f"not a real date or ISO instant: {text!r} ({exc}); e.g. 2024-03-01 or 2024-03-01T00:08:00Z") from None
+        t = (t.replace(tzinfo=dt.timezone.utc) if t.tzinfo is None else t).astimezone(dt.timezone.utc)
+        if t.microsecond and not end:  # window starts are whole seconds: round a lower bound up
+            t = t.replace(microsecond=0) + dt.timedelta(seconds=1)
+        return t.strftime("%Y-%m-%dT%H:%M:%SZ")
+    return parse
+
+
+_EXECUTION_ARN = re.compile(r"arn:aws[a-z-]*:states:[a-z0-9-]+:\d{12}:(execution|express):[^:\s]+:[^:\s]+")
+
+
+def _execution_arn(text: str) -> str:
+    if not _EXECUTION_ARN.fullmatch(text):
+        hint = " (that is a state machine's ARN)" if ":stateMachine:" in text else ""
+        raise argparse.ArgumentTypeError(
+            f"not a Step Functions execution ARN{hint}: {text!r}; expected "
+            "arn:aws:states:REGION:ACCOUNT:execution:STATE_MACHINE:NAME (copy it from the console)")
+    return text
+
+
+def _check_usage(sub, args) -> None:
+    """Usage errors argparse cannot see on its own: exit 2 with the subcommand's usage."""
+    error = sub.choices[args.command].error
+    if args.command == "locks":
+        if args.action in ("show", "reset") and not args.lock_key:
+            error(f"locks {args.action} needs a LOCK_KEY")
+        if args.action == "reset" and not (args.reason or "").strip():
+            error("locks reset needs --reason TEXT: it is recorded on the lock")
+        if args.window_from and args.window_to and args.window_from > args.window_to:
+            error(f"--from {args.window_from} is after --to {args.window_to}")
+    if args.command == "replay" and args.force and not args.reason:
+        error("--force needs --reason TEXT: it is recorded on the lock")
+    if args.command == "run":
+        if args.event is not None and (args.s3_key or args.timestamp):
+            error("give either --event FILE or --s3-key KEY --timestamp TIME, not both")
+        if (args.s3_key is None) != (args.timestamp is None):
+            error("--s3-key and --timestamp go together")
+
+
+def _doc(command) -> str:
+    """A command's docstring as its --help description (dedented)."""
+    import inspect
+    return inspect.cleandoc(command.__doc__)
+
+
+def _summary(command) -> str:
+    """The first sentence of a command's docstring, for the list of commands."""
+    return _doc(command).replace("\n", " ").split(". ")[0].rstrip(".")
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+    try:
+        return version("mlbatch")
+    except PackageNotFoundError:
+        return "unknown (not installed: pip install -e .)"
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="mlbatch", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter,
                                      epilog="examples:\n  mlbatch render --check\n  mlbatch run\n"
-                                            "  mlbatch bench --runs 50 > bench.md")
+                                            '  eval "$(mlbatch local up --shell)"\n'
+                                            "  mlbatch run --event tests/events/live_event.json\n"
+                                            "  mlbatch locks list\n  mlbatch local down\n"
+                                            "exit codes: 0 ok, 1 refused or failed (the message names the "
+                                            "problem and the fix), 2 bad usage")
+    parser.add_argument("--version", action="version", version=f"mlbatch {_version()}")
     sub = parser.add_subparsers(dest="command", required=True)
-    p = sub.add_parser("render", help=cmd_render.__doc__, description=cmd_render.__doc__,
+    p = sub.add_parser("render", help=_summary(cmd_render), description=_doc(cmd_render),
                        epilog="example: mlbatch render --check   # exit 1 names stale files")
     p.add_argument("--check", action="store_true", help="change nothing; exit 1 if any rendered file is stale")
     p.set_defaults(func=cmd_render)
@@ -245,7 +512,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--workers", type=int, default=8, help="date spans listed in parallel (default 8)")
     p.add_argument("--quiet", action="store_true", help="no progress on stderr")
     p.set_defaults(func=cmd_extract)
-    p = sub.add_parser("defaults", help=cmd_defaults.__doc__, description=cmd_defaults.__doc__,
+    p = sub.add_parser("defaults", help=_summary(cmd_defaults), description=_doc(cmd_defaults),
                        formatter_class=argparse.RawDescriptionHelpFormatter,
                        epilog="examples:\n  mlbatch defaults check sam/project-defaults/*.json\n"
                               "  mlbatch defaults put sam/project-defaults/*.json --table <ProjectDefaultsTableName>\n"
@@ -255,48 +522,123 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--table", help="project-defaults table (default: $MLBATCH_DEFAULTS_TABLE)")
     p.add_argument("--dry-run", action="store_true", help="validate, write nothing")
     p.set_defaults(func=cmd_defaults)
-    p = sub.add_parser("locks", help=cmd_locks.__doc__, description=cmd_locks.__doc__,
+    p = sub.add_parser("locks", help=_summary(cmd_locks), description=_doc(cmd_locks),
                        formatter_class=argparse.RawDescriptionHelpFormatter,
                        epilog="examples:\n  mlbatch locks list --project traffic-anomaly --status FAILED --json\n"
+                              "  mlbatch locks list --from 2024-03-01 --to 2024-03-01T12:00:00Z\n"
                               "  mlbatch locks show 'traffic-anomaly#fs-2024-06#2024-02-29T23:53:00Z#...'\n"
                               "  mlbatch locks reset '<lock_key>' --reason 'builder image fixed, INC-4711'\n"
-                              "exit codes: 0 ok, 1 no such lock / AWS error, 2 usage")
+                              "exit codes: 0 ok, 1 no such lock / refused / AWS error, 2 usage")
     p.add_argument("action", choices=["list", "show", "reset"])
     p.add_argument("lock_key", nargs="?", help="for show and reset")
     p.add_argument("--table", help="lock table (default: $MLBATCH_LOCK_TABLE)")
     p.add_argument("--project")
     p.add_argument("--status", choices=["IN_PROGRESS", "SUCCEEDED", "FAILED"])
-    p.add_argument("--from", dest="window_from", help="window start >= this ISO time")
-    p.add_argument("--to", dest="window_to", help="window start <= this ISO time")
-    p.add_argument("--reason", help="for reset: recorded on the lock")
-    p.add_argument("--dry-run", action="store_true", help="for reset: show the result, change nothing")
+    p.add_argument("--mini-batch", help="mini_batch_id")
+    p.add_argument("--source", choices=["inference", "backfill"])
+    p.add_argument("--from", dest="window_from", type=_window_bound(end=False),
+                   help="window start >= this date (whole day) or ISO instant (UTC unless an offset is given)")
+    p.add_argument("--to", dest="window_to", type=_window_bound(end=True),
+                   help="window start <= this date (whole day) or ISO instant")
+    p.add_argument("--reason", help="for reset (required): recorded on the lock")
+    p.add_argument("--in-progress-ok", action="store_true",
+                   help="for reset: reset an IN_PROGRESS lock (its pipeline may still run: check it first)")
+    p.add_argument("--dry-run", action="store_true", help="for reset: show the result, write nothing")
     p.add_argument("--json", action="store_true", help="JSON (Lines for list) for scripts")
     p.set_defaults(func=cmd_locks)
-    p = sub.add_parser("replay", help=cmd_replay.__doc__, description=cmd_replay.__doc__,
+    p = sub.add_parser("replay", help=_summary(cmd_replay), description=_doc(cmd_replay),
                        formatter_class=argparse.RawDescriptionHelpFormatter,
                        epilog="examples:\n  mlbatch replay arn:aws:states:...:execution:mlbatch-intake:8a2b...\n"
                               "  mlbatch replay <intake execution ARN> --force --reason 're-run after fix'\n"
+                              "  mlbatch replay <pipeline execution ARN> --dry-run   # names the intake to replay\n"
                               "exit codes: 0 started (or planned), 1 refused / AWS error, 2 usage")
-    p.add_argument("execution_arn")
+    p.add_argument("execution_arn", type=_execution_arn)
     p.add_argument("--force", action="store_true", help="intake only: re-run a SUCCEEDED window")
     p.add_argument("--reason", help="with --force: recorded on the lock")
     p.add_argument("--dry-run", action="store_true", help="print the plan, start nothing")
     p.add_argument("--redrive", action="store_true", help="AWS RedriveExecution of this execution instead")
     p.add_argument("--yes", action="store_true", help="start a new pipeline execution even so")
+    p.add_argument("--table", help="lock table, to name the intake execution owning a pipeline's window "
+                                   "(default: $MLBATCH_LOCK_TABLE)")
     p.set_defaults(func=cmd_replay)
-    p = sub.add_parser("run", help=cmd_run.__doc__, description=cmd_run.__doc__, epilog="example: mlbatch run")
+    p = sub.add_parser("run", help=_summary(cmd_run), description=_doc(cmd_run),
+                       formatter_class=argparse.RawDescriptionHelpFormatter,
+                       epilog="examples:\n  mlbatch run   # the demo (make run)\n"
+                              "  mlbatch run --event tests/events/live_event.json\n"
+                              "  mlbatch run --s3-key s3://mlbatch-example-ingest/acme/netsec/traffic-anomaly/"
+                              "2024/05/01/mb-7/f.json.gz \\\n      --timestamp 2024-05-01T10:10:00Z\n"
+                              "exit codes: 0 the intake and its pipeline succeeded (or the event was a duplicate), "
+                              "1 an execution failed, 2 usage")
+    p.add_argument("--event", metavar="FILE", help="an intake input (any accepted shape) from a JSON file, '-' for stdin")
+    p.add_argument("--s3-key", help="a batch file's key (s3://bucket/key or key) for a normalized event")
+    p.add_argument("--timestamp", help="with --s3-key: the batch timestamp (ISO, UTC)")
+    p.add_argument("--intake", metavar="ARN", help="the intake state machine (default: $MLBATCH_INTAKE_ARN, "
+                                                   "else found by name at AWS_ENDPOINT_URL)")
+    p.add_argument("--timeout", type=_positive_int, default=120, help="seconds to wait per execution (default 120)")
     p.set_defaults(func=cmd_run)
-    p = sub.add_parser("bench", help=cmd_bench.__doc__, description=cmd_bench.__doc__,
+    p = sub.add_parser("bench", help=_summary(cmd_bench), description=_doc(cmd_bench),
                        epilog="example: mlbatch bench --runs 20 --only intake --only pipeline")
-    p.add_argument("--runs", type=int, default=20, help="executions per path (default 20)")
+    p.add_argument("--runs", type=_positive_int, default=20, help="executions per path (default 20)")
     p.add_argument("--json", action="store_true", help="JSON Lines instead of Markdown tables")
     p.add_argument("--only", action="append", choices=["intake", "pipeline", "backfill", "extractor"],
                    help="run only this part (repeatable)")
     p.set_defaults(func=cmd_bench)
+    p = sub.add_parser("local", help=_summary(cmd_local), description=_doc(cmd_local),
+                       formatter_class=argparse.RawDescriptionHelpFormatter,
+                       epilog='examples:\n  eval "$(mlbatch local up --shell)"   # start, deploy, use it here\n'
+                              "  mlbatch run --event tests/events/live_event.json\n  mlbatch local status\n"
+                              '  eval "$(mlbatch local down --shell)"\n'
+                              "state (pid, port, log): $MLBATCH_STATE_DIR, else $XDG_STATE_HOME/mlbatch "
+                              "(~/.local/state/mlbatch)\nexit codes: 0 ok, 1 failed or (status) not running, 2 usage")
+    local_sub = p.add_subparsers(dest="action", required=True)
+    up = local_sub.add_parser("up", help="start the engine (unless it runs) and deploy template.yaml (idempotent)",
+                              description="Start the engine server unless it runs, deploy template.yaml into it "
+                                          "(reusing what exists, updating changed definitions), seed the example "
+                                          "project, print the environment.",
+                              epilog='example: eval "$(mlbatch local up --shell)"')
+    up.add_argument("--port", type=int, default=None,
+                    help="port on 127.0.0.1 (default: the running stack's, else $MLBATCH_LOCAL_PORT or 4599; "
+                         "0 picks a free one)")
+    up.add_argument("--builders", default="HappyPath",
+                    help="MockConfigFile test case the pipeline's builders follow (default HappyPath; "
+                         "also DeltaBuilderFails, PairCountsFails, ThrottledThenSucceeds)")
+    status = local_sub.add_parser("status", help="is it running, what is deployed, and its environment",
+                                  epilog='example: eval "$(mlbatch local status --shell)"')
+    down = local_sub.add_parser("down", help="stop the engine (its resources go with it)",
+                                epilog='example: eval "$(mlbatch local down --shell)"   # also unsets the variables')
+    for q in (up, status):
+        how = q.add_mutually_exclusive_group()
+        how.add_argument("--shell", action="store_true", help="print `export NAME=value` lines for eval")
+        how.add_argument("--json", action="store_true", help="print the environment as one JSON object")
+    down.add_argument("--shell", action="store_true", help="print an `unset` line for eval")
+    p.set_defaults(func=cmd_local)
     args = parser.parse_args(argv)
-    if getattr(args, "action", None) in ("show", "reset") and not args.lock_key:
-        parser.error(f"locks {args.action} needs a LOCK_KEY")
-    return args.func(args)
+    _check_usage(sub, args)
+    return _run(args)
+
+
+def _run(args) -> int:
+    """Run the command; a user error becomes one line on stderr and exit 1 (a bug keeps its traceback)."""
+    from .engine.harness import DeployError
+    from .failures import explain
+    from .local import LocalError
+    from .operator import OperatorError
+    try:
+        return args.func(args)
+    except KeyboardInterrupt:
+        print(f"mlbatch {args.command}: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:  # `mlbatch ... | head`: the reader has what it wanted
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit
+        return 141
+    except (OperatorError, LocalError, DeployError) as exc:
+        message = str(exc)
+    except Exception as exc:
+        message = explain(exc)
+        if message is None:
+            raise
+    print(f"mlbatch {args.command}: {message}", file=sys.stderr)
+    return 1
 
 
 if __name__ == "__main__":

@@ -1,10 +1,12 @@
 """Project-defaults items: the schema the state machines read, checked before anything is written."""
 from __future__ import annotations
 
+import json
 import re
+from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["FIELD_MAPPING", "BUILDER_SETTINGS", "problems"]
+__all__ = ["FIELD_MAPPING", "BUILDER_SETTINGS", "problems", "Located", "read_files", "check_located"]
 
 FIELD_MAPPING = ("source_ip", "destination_ip", "destination_port", "event_start", "event_end")
 #: optional per-builder overrides (attribute -> (type, check, meaning))
@@ -55,4 +57,63 @@ def problems(item: Any) -> list[str]:
             typ, check, meaning = BUILDER_SETTINGS[key]
             if isinstance(value, bool) or not isinstance(value, typ) or not check(value):
                 out.append(f"{builder}.{key} must be {meaning}")
+    return out
+
+
+@dataclass(frozen=True)
+class Located:
+    """A defaults item and where it came from (`file` or `file[i]` for a list)."""
+
+    where: str
+    item: Any
+
+    @property
+    def label(self) -> str:
+        name = self.item.get("project_name") if isinstance(self.item, dict) else None
+        return f"{self.where} ({name})" if isinstance(name, str) and name else self.where
+
+
+def read_files(paths: list[str]) -> tuple[list[Located], list[str]]:
+    """Items from JSON files, each holding one item (an object) or a list of items; and the
+    problems of the files themselves (unreadable, not UTF-8, not JSON, empty), each naming its file."""
+    items, bad = [], []
+    for path in paths:
+        try:
+            text = open(path, encoding="utf-8").read()
+        except UnicodeDecodeError:
+            bad.append(f"{path}: not UTF-8 text (a binary file?): pass a JSON file")
+            continue
+        except OSError as exc:
+            bad.append(f"{path}: cannot read it: {exc.strerror or exc}")
+            continue
+        if not text.strip():
+            bad.append(f"{path}: empty: a file holds one item (a JSON object) or a list of items")
+            continue
+        try:
+            doc = json.loads(text)
+        except json.JSONDecodeError as exc:
+            bad.append(f"{path}: not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}")
+            continue
+        if isinstance(doc, list):
+            if not doc:
+                bad.append(f"{path}: holds an empty list: nothing to check or load")
+            items += [Located(f"{path}[{i}]", item) for i, item in enumerate(doc)]
+        else:
+            items.append(Located(path, doc))
+    return items, bad
+
+
+def check_located(items: list[Located]) -> list[str]:
+    """Every problem of every item, and every project defined twice (across all files), each
+    message naming the file (and index) it is about."""
+    out, first = [], {}
+    for located in items:
+        out += [f"{located.label}: {p}" for p in problems(located.item)]
+        name = located.item.get("project_name") if isinstance(located.item, dict) else None
+        if isinstance(name, str) and name:
+            if name in first:
+                out.append(f"{located.where}: project {name!r} is already defined by {first[name]}: "
+                           "keep one item per project")
+            else:
+                first[name] = located.where
     return out

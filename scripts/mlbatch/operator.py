@@ -2,7 +2,10 @@
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import json
+import re
+from dataclasses import dataclass, field
 from typing import Any
 
 import boto3
@@ -10,7 +13,8 @@ import boto3
 from .defaults import problems
 from .items import from_item, to_item
 
-__all__ = ["OperatorError", "list_locks", "show_lock", "reset_lock", "plan_replay", "start_replay", "put_defaults"]
+__all__ = ["OperatorError", "list_locks", "show_lock", "ResetPlan", "plan_reset", "apply_reset", "reset_lock",
+           "pipeline_status", "replay_name", "plan_replay", "start_replay", "redrive", "put_defaults"]
 
 
 class OperatorError(Exception):
@@ -24,11 +28,15 @@ def _now() -> str:
 # --- the lock ledger ----------------------------------------------------------------------
 
 def list_locks(table: str, project: str | None = None, status: str | None = None,
-               start_from: str | None = None, start_to: str | None = None, ddb=None) -> list[dict]:
-    """Locks filtered by project, status and window start (inclusive ISO bounds), sorted by key."""
+               start_from: str | None = None, start_to: str | None = None, ddb=None,
+               mini_batch: str | None = None, source: str | None = None) -> list[dict]:
+    """Locks filtered by project, status, mini-batch, source and window start (inclusive
+    `YYYY-MM-DDTHH:MM:SSZ` bounds), sorted by key. Items holding only `lock_key` are listed too
+    (they match no filter on an attribute they lack)."""
     ddb = ddb or boto3.client("dynamodb")
     filters, names, values = [], {}, {}
     for attr, op, value in (("project_name", "=", project), ("status", "=", status),
+                            ("mini_batch_id", "=", mini_batch), ("source", "=", source),
                             ("batch_start_ts_iso", ">=", start_from), ("batch_start_ts_iso", "<=", start_to)):
         if value:
             placeholder = f":v{len(values)}"
@@ -40,35 +48,118 @@ def list_locks(table: str, project: str | None = None, status: str | None = None
         kwargs.update(FilterExpression=" AND ".join(filters), ExpressionAttributeNames=names,
                       ExpressionAttributeValues=values)
     items = [from_item(i) for page in ddb.get_paginator("scan").paginate(**kwargs) for i in page["Items"]]
+    if any("lock_key" not in i for i in items):
+        keys = sorted(set().union(*(i.keys() for i in items if "lock_key" not in i)))
+        raise OperatorError(f"table {table!r} holds items without lock_key (they have {', '.join(keys)}): it is "
+                            "not a lock table; name the lock table with --table or MLBATCH_LOCK_TABLE")
     return sorted(items, key=lambda i: i["lock_key"])
 
 
-def show_lock(table: str, lock_key: str, ddb=None) -> dict:
-    ddb = ddb or boto3.client("dynamodb")
+def _raw_lock(table: str, lock_key: str, ddb) -> dict:
     item = ddb.get_item(TableName=table, Key={"lock_key": {"S": lock_key}}, ConsistentRead=True).get("Item")
     if not item:
         raise OperatorError(f"no lock {lock_key!r} in {table}: list them with `mlbatch locks list`")
-    return from_item(item)
+    return item
 
 
-def reset_lock(table: str, lock_key: str, reason: str, dry_run: bool = False, ddb=None) -> dict:
-    """Mark a lock FAILED with the operator's reason (never delete): the next delivery or replay
-    of its batch runs the window again."""
+def show_lock(table: str, lock_key: str, ddb=None) -> dict:
+    """The lock item as plain JSON (whatever attributes it has)."""
+    return from_item(_raw_lock(table, lock_key, ddb or boto3.client("dynamodb")))
+
+
+def pipeline_status(lock: dict, sfn=None) -> dict:
+    """The pipeline execution a lock names and its status (DescribeExecution), as far as known."""
+    arn = lock.get("pipeline_execution_arn")
+    if not isinstance(arn, str) or not arn:
+        return {"pipeline_execution_arn": None, "status": "unknown (the lock names no pipeline execution)"}
+    sfn = sfn or boto3.client("stepfunctions")
+    try:
+        return {"pipeline_execution_arn": arn, "status": sfn.describe_execution(executionArn=arn)["status"]}
+    except sfn.exceptions.ExecutionDoesNotExist:
+        return {"pipeline_execution_arn": arn, "status": "not found (in this account and region)"}
+
+
+@dataclass
+class ResetPlan:
+    """What `locks reset` would write: the lock now and after, and (IN_PROGRESS) its pipeline."""
+
+    table: str
+    before: dict
+    after: dict
+    raw: dict = field(repr=False)
+    owner: dict | None = None
+
+
+def plan_reset(table: str, lock_key: str, reason: str, in_progress_ok: bool = False, ddb=None,
+               sfn=None) -> ResetPlan:
+    """Check a reset and say what it would write; an IN_PROGRESS lock is refused unless
+    `in_progress_ok` (its pipeline may still run: a reset lets a second run start beside it)."""
     if not reason.strip():
         raise OperatorError("--reason is required: it is recorded on the lock")
-    lock = show_lock(table, lock_key, ddb)
-    after = {**lock, "status": "FAILED", "error": "Operator.Reset", "cause": reason,
-             "reason": reason, "updated_at": _now()}
-    if dry_run:
-        return after
     ddb = ddb or boto3.client("dynamodb")
-    ddb.update_item(
-        TableName=table, Key={"lock_key": {"S": lock_key}}, ConditionExpression="attribute_exists(lock_key)",
-        UpdateExpression="SET #s = :failed, #e = :e, #c = :c, #r = :r, #u = :u",
-        ExpressionAttributeNames={"#s": "status", "#e": "error", "#c": "cause", "#r": "reason", "#u": "updated_at"},
-        ExpressionAttributeValues={":failed": {"S": "FAILED"}, ":e": {"S": "Operator.Reset"},
-                                   ":c": {"S": reason}, ":r": {"S": reason}, ":u": {"S": after["updated_at"]}})
-    return show_lock(table, lock_key, ddb)
+    raw = _raw_lock(table, lock_key, ddb)
+    lock = from_item(raw)
+    owner = None
+    if lock.get("status") == "IN_PROGRESS":
+        owner = pipeline_status(lock, sfn)
+        if not in_progress_ok:
+            running = owner["status"] == "RUNNING"
+            raise OperatorError(
+                f"lock {lock_key!r} is IN_PROGRESS: its pipeline execution {owner['pipeline_execution_arn']} is "
+                f"{owner['status']}. "
+                + ("Resetting it would let a second run of the window start beside it: stop that execution "
+                   "first (aws stepfunctions stop-execution), or wait for it. " if running else "")
+                + "To reset it anyway, add --in-progress-ok")
+    after = {**lock, "status": "FAILED", "error": "Operator.Reset", "cause": reason, "reason": reason,
+             "updated_at": _now()}
+    for name in ("error", "cause"):
+        after.pop(f"previous_{name}", None)
+        if name in lock:
+            after[f"previous_{name}"] = lock[name]
+    return ResetPlan(table, lock, after, raw, owner)
+
+
+def apply_reset(plan: ResetPlan, ddb=None) -> dict:
+    """Write a planned reset, on the condition that the lock still has the status it was read
+    with (a concurrent acquire or finalize wins; nothing is overwritten). Returns the lock after."""
+    ddb = ddb or boto3.client("dynamodb")
+    names = {"#s": "status", "#e": "error", "#c": "cause", "#r": "reason", "#u": "updated_at",
+             "#pe": "previous_error", "#pc": "previous_cause"}
+    values = {":failed": {"S": "FAILED"}, ":e": {"S": "Operator.Reset"}, ":c": {"S": plan.after["reason"]},
+              ":u": {"S": plan.after["updated_at"]}}
+    sets = ["#s = :failed", "#e = :e", "#c = :c", "#r = :c", "#u = :u"]
+    removes = []
+    for name, placeholder, value in (("error", "#pe", ":pe"), ("cause", "#pc", ":pc")):
+        if name in plan.raw:
+            sets.append(f"{placeholder} = {value}")
+            values[value] = plan.raw[name]
+        else:
+            removes.append(placeholder)
+    if "status" in plan.raw:
+        condition = "attribute_exists(lock_key) AND #s = :was"
+        values[":was"] = plan.raw["status"]
+    else:
+        condition = "attribute_exists(lock_key) AND attribute_not_exists(#s)"
+    key = plan.before["lock_key"]
+    try:
+        ddb.update_item(TableName=plan.table, Key={"lock_key": {"S": key}}, ConditionExpression=condition,
+                        UpdateExpression="SET " + ", ".join(sets) + (" REMOVE " + ", ".join(removes) if removes else ""),
+                        ExpressionAttributeNames=names, ExpressionAttributeValues=values)
+    except ddb.exceptions.ConditionalCheckFailedException:
+        now = from_item(ddb.get_item(TableName=plan.table, Key={"lock_key": {"S": key}},
+                                     ConsistentRead=True).get("Item") or {"status": {"S": "(deleted)"}})
+        raise OperatorError(f"lock {key!r} changed while it was being reset (it was {plan.before.get('status')}, "
+                            f"now {now.get('status')}): nothing was written; look at it again "
+                            "(`mlbatch locks show`) before deciding") from None
+    return show_lock(plan.table, key, ddb)
+
+
+def reset_lock(table: str, lock_key: str, reason: str, dry_run: bool = False, ddb=None,
+               in_progress_ok: bool = False, sfn=None) -> dict:
+    """Mark a lock FAILED with the operator's reason (never delete): the next delivery or replay
+    of its batch runs the window again. Returns the lock after (or as it would be, dry_run)."""
+    plan = plan_reset(table, lock_key, reason, in_progress_ok, ddb, sfn)
+    return plan.after if dry_run else apply_reset(plan, ddb)
 
 
 # --- replay -----------------------------------------------------------------------------------
@@ -96,7 +187,54 @@ def _kind(state_machine_arn: str, sfn) -> str:
             "Set the backfill defaults": "backfill"}.get(definition["StartAt"], "other")
 
 
-def plan_replay(execution_arn: str, force: bool = False, reason: str | None = None, sfn=None) -> dict:
+#: AWS: an execution name has at most 80 characters
+NAME_MAX = 80
+
+
+def replay_name(original: str, n: int) -> str:
+    """`<original>-replay-<n>` within 80 characters: a name too long keeps its head and gets a
+    short hash of the whole original, so replays of different long names stay apart."""
+    suffix = f"-replay-{n}"
+    if len(original) + len(suffix) <= NAME_MAX:
+        return original + suffix
+    digest = hashlib.sha256(original.encode()).hexdigest()[:8]
+    return f"{original[:NAME_MAX - len(suffix) - len(digest) - 1]}-{digest}{suffix}"
+
+
+def _free_name(machine_arn: str, original: str, sfn) -> str:
+    prefix = machine_arn.replace(":stateMachine:", ":execution:", 1)
+    for n in range(1, 10_000):
+        name = replay_name(original, n)
+        try:
+            sfn.describe_execution(executionArn=f"{prefix}:{name}")
+        except sfn.exceptions.ExecutionDoesNotExist:
+            return name
+    raise OperatorError(f"{original!r} has been replayed 9,999 times: start it under a name of your own")
+
+
+def _window_owner(payload: Any, execution_arn: str, lock_table: str | None, ddb) -> str:
+    """Which intake execution owns the window a pipeline execution ran for, as a sentence."""
+    lock_key = payload.get("lock_key") if isinstance(payload, dict) else None
+    if not lock_key:
+        return "Its input names no lock_key, so no window owns it."
+    if not lock_table:
+        return (f"The lock {lock_key!r} names the intake execution that owns the window (owner_execution_arn): "
+                "name the lock table with --table or MLBATCH_LOCK_TABLE to see it.")
+    ddb = ddb or boto3.client("dynamodb")
+    item = ddb.get_item(TableName=lock_table, Key={"lock_key": {"S": lock_key}}, ConsistentRead=True).get("Item")
+    if not item:
+        return f"No lock {lock_key!r} in {lock_table}: the window is free, replay the batch's intake event."
+    lock = from_item(item)
+    owner = lock.get("owner_execution_arn")
+    if not owner:
+        return f"The lock {lock_key!r} names no owner_execution_arn (written by another orchestrator?)."
+    since = ("" if lock.get("pipeline_execution_arn") == execution_arn else
+             f" (the window has been re-acquired since: its pipeline is now {lock.get('pipeline_execution_arn')})")
+    return f"The intake execution that owns the window: {owner}{since}; replay it: `mlbatch replay {owner}`."
+
+
+def plan_replay(execution_arn: str, force: bool = False, reason: str | None = None, sfn=None,
+                lock_table: str | None = None, ddb=None) -> dict:
     """What `mlbatch replay` would start: the state machine, a traceable name and the input."""
     sfn = sfn or boto3.client("stepfunctions")
     try:
@@ -111,37 +249,42 @@ def plan_replay(execution_arn: str, force: bool = False, reason: str | None = No
         if not reason:
             raise OperatorError("--force needs --reason TEXT: it is recorded on the lock")
         payload = {**_normalized(payload), "force": True, "reason": reason}
-    original = ex["name"].split("-replay-")[0]
-    taken = {e["name"] for page in sfn.get_paginator("list_executions").paginate(stateMachineArn=machine)
-             for e in page["executions"]}
-    n = 1
-    while f"{original[:80 - len(f'-replay-{n}')]}-replay-{n}" in taken:
-        n += 1
+    original = re.sub(r"-replay-\d+$", "", ex["name"])
     plan = {"state_machine_arn": machine, "kind": kind, "status": ex["status"],
-            "name": f"{original[:80 - len(f'-replay-{n}')]}-replay-{n}", "input": payload}
+            "name": _free_name(machine, original, sfn), "input": payload}
     if kind == "pipeline":
         plan["advice"] = ("A pipeline run finalizes only the lock it owns: a new pipeline execution would run "
                           "the builders and then fail with Pipeline.LockLost. Replay the intake execution that "
-                          "started it (its input is the batch event); a FAILED window is re-acquired."
+                          "started it (its input is the batch event); a FAILED window is re-acquired. "
+                          + _window_owner(payload, execution_arn, lock_table, ddb)
                           + (" --redrive re-runs this very execution from its failed state, which keeps the lock."
                              if ex["status"] in ("FAILED", "TIMED_OUT", "ABORTED") else ""))
     return plan
 
 
 def start_replay(plan: dict, sfn=None) -> str:
+    """Start what plan_replay planned; the new execution's ARN."""
     sfn = sfn or boto3.client("stepfunctions")
     return sfn.start_execution(stateMachineArn=plan["state_machine_arn"], name=plan["name"],
                                input=json.dumps(plan["input"]))["executionArn"]
 
 
 def redrive(execution_arn: str, sfn=None) -> str:
+    """AWS RedriveExecution: the same execution again from its failed states (keeps the lock)."""
+    from botocore.exceptions import ClientError
     sfn = sfn or boto3.client("stepfunctions")
+    unsupported = ("this endpoint does not implement RedriveExecution (AWS does; the embedded engine does not): "
+                   "replay the intake execution instead (`mlbatch replay --dry-run` on this one names it)")
     try:
         sfn.redrive_execution(executionArn=execution_arn)
     except NotImplementedError:
-        raise OperatorError("this endpoint does not implement RedriveExecution (AWS does)") from None
-    except Exception as exc:
-        raise OperatorError(f"RedriveExecution refused: {exc}") from None
+        raise OperatorError(unsupported) from None
+    except ClientError as exc:
+        error = exc.response.get("Error", {})
+        message = (error.get("Message") or "").strip()
+        if not message or message.startswith("<"):  # an error page, not an AWS error: no such operation here
+            raise OperatorError(unsupported) from None
+        raise OperatorError(f"RedriveExecution refused: {error.get('Code')}: {error.get('Message')}") from None
     return execution_arn
 
 

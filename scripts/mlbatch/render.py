@@ -85,18 +85,14 @@ def _targets() -> dict[Path, str]:
 README = ASL.parent / "README.md"
 
 
-def _readme_with_diagrams() -> str:
-    """README.md with its diagrams section regenerated from asl/."""
-    from .diagram import BEGIN, END, readme_section
-    text = README.read_text()
-    if BEGIN not in text or END not in text:
-        raise ValueError(f"README.md lacks the diagram markers {BEGIN!r} ... {END!r}")
-    head, rest = text.split(BEGIN, 1)
-    return head + readme_section(ASL) + rest.split(END, 1)[1]
+def _readme_regenerated() -> str:
+    """README.md with its generated sections (diagrams, error table) written afresh."""
+    from .readme import regenerate
+    return regenerate(README.read_text(), ASL)
 
 
 def render_all() -> list[Path]:
-    """Write every rendered ASL file and the README's diagrams; return what changed."""
+    """Write every rendered ASL file and the README's generated sections; return what changed."""
     env, changed = environment(), []
     ASL.mkdir(exist_ok=True)
     for target, name in _targets().items():
@@ -104,7 +100,7 @@ def render_all() -> list[Path]:
         if not target.exists() or target.read_text() != text:
             target.write_text(text)
             changed.append(target)
-    readme = _readme_with_diagrams()
+    readme = _readme_regenerated()
     if README.read_text() != readme:
         README.write_text(readme)
         changed.append(README)
@@ -119,6 +115,6 @@ def check() -> list[Path]:
         if not target.exists() or target.read_text() != render_text(name, env):
             stale.append(target)
     stale += [p for p in sorted(ASL.glob("*.asl.json")) if p not in targets]
-    if not stale and README.read_text() != _readme_with_diagrams():
+    if not stale and README.read_text() != _readme_regenerated():
         stale.append(README)
     return stale

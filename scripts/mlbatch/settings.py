@@ -3,8 +3,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-__all__ = ["CRON", "YEAR_MIN", "YEAR_MAX", "ROOT", "REGION", "INTAKE_TIMEOUT_SECONDS", "PIPELINE_BACKSTOP_SECONDS",
-           "MAX_PROCESSING_SECONDS", "MAX_PROVISIONING_MARGIN_SECONDS", "EXTRACTOR_MAX_RUNTIME_SECONDS"]
+__all__ = ["CRON", "YEAR_MIN", "YEAR_MAX", "ROOT", "REGION", "ENDPOINT_ENV", "INTAKE_TIMEOUT_SECONDS",
+           "PIPELINE_BACKSTOP_SECONDS", "MAX_PROCESSING_SECONDS", "MAX_PROVISIONING_MARGIN_SECONDS",
+           "EXTRACTOR_MAX_RUNTIME_SECONDS"]
 
 #: The EventBridge-style schedule whose minute field defines the window grid.
 #: It is the one setting both the ASL lookup tables and the Python reference
@@ -36,3 +37,7 @@ PIPELINE_BACKSTOP_SECONDS = MAX_PROCESSING_SECONDS + MAX_PROVISIONING_MARGIN_SEC
 
 #: The extractor job's own limits (a year of history takes minutes).
 EXTRACTOR_MAX_RUNTIME_SECONDS = 86_400
+
+#: The one endpoint setting: the AWS SDKs' own variable. Set, every command (and the
+#: test suite) talks to that endpoint -- `mlbatch local up` prints it; unset, AWS.
+ENDPOINT_ENV = "AWS_ENDPOINT_URL"

@@ -1,8 +1,12 @@
 """The engine harness: bring up the engine, deploy template.yaml's resources, run executions.
 
 In-process (default) it is moto's Step Functions interpreter with our fixes; with
-an endpoint (`MLBATCH_ENDPOINT_URL`, e.g. LocalStack on http://localhost:4566) the
-same calls go to that emulator and nothing is patched.
+an endpoint (`AWS_ENDPOINT_URL`, the AWS SDK's own setting: `mlbatch local up`'s
+server, or LocalStack on http://localhost:4566) the same calls go to that engine
+and nothing is patched here. An in-process engine ignores AWS_ENDPOINT_URL
+entirely, for its own clients and for the interpreter's service calls: moto
+intercepts only calls to AWS hostnames, so a configured endpoint would take them
+out of the mock.
 """
 from __future__ import annotations
 
@@ -10,16 +14,18 @@ import json
 import logging
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import boto3
+from botocore.config import Config
 
-from ..settings import REGION
+from ..settings import ENDPOINT_ENV, REGION
 from ..template import Template
 from . import fixes
 
-__all__ = ["Engine", "Deployment", "Execution", "STAND_IN_PIPELINE", "ROLE_ARN"]
+__all__ = ["Engine", "Deployment", "DeployError", "Execution", "STAND_IN_PIPELINE", "ROLE_ARN"]
 
 ROLE_ARN = "arn:aws:iam::123456789012:role/mlbatch-local"
 
@@ -32,6 +38,38 @@ STAND_IN_PIPELINE = {
 }
 
 _TERMINAL = {"SUCCEEDED", "FAILED", "TIMED_OUT", "ABORTED"}
+#: botocore settings for a client that must not follow AWS_ENDPOINT_URL (or a profile's endpoint_url)
+_IN_PROCESS = Config(ignore_configured_endpoint_urls=True)
+
+
+class DeployError(Exception):
+    """A resource of the same name exists but cannot be reused (say, a table with another key)."""
+
+
+class _Boto3InProcess:
+    """boto3 as moto's interpreter sees it: its clients ignore configured endpoints.
+
+    The interpreter makes a new client for every Task (`boto_client_for`); in-process
+    it passes no endpoint, so botocore would pick up AWS_ENDPOINT_URL and send the call
+    past moto's interception. In server mode it passes its endpoint explicitly, which
+    an explicit argument keeps."""
+
+    def __getattr__(self, name: str):
+        return getattr(boto3, name)
+
+    @staticmethod
+    def client(*args, config: Config | None = None, **kwargs):
+        return boto3.client(*args, config=config.merge(_IN_PROCESS) if config else _IN_PROCESS, **kwargs)
+
+
+def _key(schema: list[dict]) -> str:
+    return ", ".join(f"{k['AttributeName']} ({k['KeyType']})" for k in sorted(schema, key=lambda k: k["KeyType"]))
+
+
+def _isolate_interpreter_clients() -> None:
+    from moto.stepfunctions.parser.asl.utils import boto_client
+    if not isinstance(boto_client.boto3, _Boto3InProcess):
+        boto_client.boto3 = _Boto3InProcess()
 
 
 @dataclass
@@ -50,19 +88,24 @@ class Deployment:
     state_machines: dict[str, str] = field(default_factory=dict)  # logical id -> ARN
     tables: dict[str, str] = field(default_factory=dict)          # logical id -> name
     buckets: dict[str, str] = field(default_factory=dict)         # logical id -> name
+    actions: dict[str, str] = field(default_factory=dict)         # logical id -> created | updated | unchanged
 
 
 class Engine:
-    """The embedded engine (context manager)."""
+    """The embedded engine (context manager).
 
-    def __init__(self, endpoint_url: str | None = None, region: str = REGION):
-        self.endpoint_url = endpoint_url if endpoint_url is not None else os.environ.get("MLBATCH_ENDPOINT_URL")
+    endpoint_url: None reads AWS_ENDPOINT_URL (unset: in-process); "" is in-process whatever
+    the environment says; a URL is that engine."""
+
+    def __init__(self, endpoint_url: str | None = None, region: str = REGION, session: boto3.Session | None = None):
+        self.endpoint_url = endpoint_url if endpoint_url is not None else os.environ.get(ENDPOINT_ENV, "")
         self.region = region
+        self.session = session  # None: boto3's default session (credentials from the environment)
         self._mock = None
 
     @property
     def backend(self) -> str:
-        return f"external emulator at {self.endpoint_url}" if self.endpoint_url else "moto (in-process)"
+        return f"the engine at {self.endpoint_url}" if self.endpoint_url else "moto (in-process)"
 
     def __enter__(self) -> "Engine":
         for var, value in (("AWS_ACCESS_KEY_ID", "testing"), ("AWS_SECRET_ACCESS_KEY", "testing"),
@@ -75,6 +118,7 @@ class Engine:
             if os.environ.get("MLBATCH_ENGINE_LOG") != "1":
                 logging.getLogger("moto.stepfunctions.parser").setLevel(logging.CRITICAL)
             fixes.apply_all()
+            _isolate_interpreter_clients()
             self._mock = mock_aws(config={"stepfunctions": {"execute_state_machine": True}})
             self._mock.start()
         self.sfn = self.client("stepfunctions")
@@ -87,36 +131,74 @@ class Engine:
             self._mock = None
 
     def client(self, service: str):
-        return boto3.client(service, region_name=self.region, endpoint_url=self.endpoint_url or None)
+        maker = self.session or boto3
+        if self.endpoint_url:
+            return maker.client(service, region_name=self.region, endpoint_url=self.endpoint_url)
+        return maker.client(service, region_name=self.region, config=_IN_PROCESS)
 
     # --- deployment ---------------------------------------------------------------------
 
-    def deploy(self, template: Template) -> Deployment:
-        """Create the template's tables, buckets and state machines."""
+    def deploy(self, template: Template, substitutions: dict[str, dict[str, str]] | None = None) -> Deployment:
+        """Create the template's tables, buckets and state machines, reusing what exists (by
+        name): an existing state machine whose definition differs is updated, an existing
+        table must have the template's key schema. `substitutions` overrides a state
+        machine's DefinitionSubstitutions (logical id -> {name: value})."""
         dep = Deployment(template)
         for logical, res in template.tables.items():
-            props = res["Properties"]
-            name = template.physical_name(logical)
-            self.dynamodb.create_table(
-                TableName=name, KeySchema=props["KeySchema"],
-                AttributeDefinitions=props["AttributeDefinitions"],
-                BillingMode=props.get("BillingMode", "PAY_PER_REQUEST"))
-            dep.tables[logical] = name
-        s3 = self.client("s3")
+            dep.tables[logical] = template.physical_name(logical)
+            dep.actions[logical] = self._put_table(dep.tables[logical], res["Properties"])
         for logical in template.resources("AWS::S3::Bucket"):
             dep.buckets[logical] = template.physical_name(logical)
-            s3.create_bucket(Bucket=dep.buckets[logical])
+            dep.actions[logical] = self.put_bucket(dep.buckets[logical])
         for logical in template.state_machines:
-            arn = self.sfn.create_state_machine(
-                name=template.physical_name(logical), definition=template.definition(logical),
-                roleArn=ROLE_ARN, type=template.state_machines[logical]["Properties"].get("Type", "STANDARD"),
-            )["stateMachineArn"]
-            dep.state_machines[logical] = arn
+            definition = template.definition(logical, (substitutions or {}).get(logical))
+            kind = template.state_machines[logical]["Properties"].get("Type", "STANDARD")
+            dep.state_machines[logical], dep.actions[logical] = self._put_machine(
+                template.physical_name(logical), definition, kind)
         return dep
 
+    def _put_table(self, name: str, props: dict) -> str:
+        try:
+            table = self.dynamodb.describe_table(TableName=name)["Table"]
+        except self.dynamodb.exceptions.ResourceNotFoundException:
+            self.dynamodb.create_table(
+                TableName=name, KeySchema=props["KeySchema"], AttributeDefinitions=props["AttributeDefinitions"],
+                BillingMode=props.get("BillingMode", "PAY_PER_REQUEST"))
+            return "created"
+        have, want = _key(table["KeySchema"]), _key(props["KeySchema"])
+        if have != want:
+            raise DeployError(f"table {name} exists with key {have}, the template's is {want}: "
+                              "delete the table (or stop the local stack) and deploy again")
+        return "unchanged"
+
+    def put_bucket(self, name: str) -> str:
+        """Create a bucket unless it exists: created | unchanged."""
+        s3 = self.client("s3")
+        try:
+            s3.head_bucket(Bucket=name)
+            return "unchanged"
+        except s3.exceptions.ClientError as exc:
+            if exc.response["Error"]["Code"] not in ("404", "NoSuchBucket"):
+                raise
+        s3.create_bucket(Bucket=name)
+        return "created"
+
+    def _put_machine(self, name: str, definition: str, kind: str = "STANDARD") -> tuple[str, str]:
+        """(ARN, created | updated | unchanged) of the state machine `name` with this definition."""
+        pages = self.sfn.get_paginator("list_state_machines").paginate()
+        arn = next((m["stateMachineArn"] for page in pages for m in page["stateMachines"] if m["name"] == name), None)
+        if arn is None:
+            return self.sfn.create_state_machine(name=name, definition=definition, roleArn=ROLE_ARN,
+                                                 type=kind)["stateMachineArn"], "created"
+        if self.sfn.describe_state_machine(stateMachineArn=arn)["definition"] == definition:
+            return arn, "unchanged"
+        self.sfn.update_state_machine(stateMachineArn=arn, definition=definition)
+        return arn, "updated"
+
     def create_machine(self, name: str, definition: dict | str) -> str:
+        """A state machine of this name with this definition (created, or updated if it exists)."""
         text = definition if isinstance(definition, str) else json.dumps(definition)
-        return self.sfn.create_state_machine(name=name, definition=text, roleArn=ROLE_ARN)["stateMachineArn"]
+        return self._put_machine(name, text)[0]
 
     # --- executions ---------------------------------------------------------------------
 
@@ -126,17 +208,24 @@ class Engine:
             kwargs["name"] = name
         return self.sfn.start_execution(**kwargs)["executionArn"]
 
-    def wait(self, execution_arn: str, timeout: float = 60.0) -> Execution:
-        deadline = time.monotonic() + timeout
+    def wait(self, execution_arn: str, timeout: float = 60.0,
+             progress: Callable[[str], None] | None = None) -> Execution:
+        """Poll until the execution ends (TimeoutError after `timeout` s); `progress` hears
+        `<name>: <status> <seconds>s` on every poll."""
+        began = time.monotonic()
+        interval = 0.1 if self.endpoint_url else 0.01  # a poll over HTTP costs more
         while True:
             d = self.sfn.describe_execution(executionArn=execution_arn)
             if d["status"] in _TERMINAL:
                 out = d.get("output")
                 return Execution(execution_arn, d["status"], json.loads(out) if out else None,
                                  d.get("error"), d.get("cause"), json.loads(d.get("input") or "null"))
-            if time.monotonic() > deadline:
+            elapsed = time.monotonic() - began
+            if elapsed > timeout:
                 raise TimeoutError(f"{execution_arn} still {d['status']} after {timeout}s")
-            time.sleep(0.01)
+            if progress:
+                progress(f"{execution_arn.rsplit(':', 1)[-1]}: {d['status']} {elapsed:.1f}s")
+            time.sleep(interval)
 
     def run(self, state_machine_arn: str, payload: Any, name: str | None = None,
             timeout: float = 60.0) -> Execution:
