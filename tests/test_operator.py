@@ -153,6 +153,8 @@ def test_example_defaults_items_are_valid_and_the_intake_accepts_them(ops, capsy
     ({"project_name": "p", "pair_counts_builder": {"gpu": 1}}, "not a builder setting"),
     ({"project_name": "p", "delta_builder": {"instance_type": "m5.xlarge"}}, "like ml.m5.xlarge"),
     ({"project_name": "p", "delta_builder": {"volume_size_gb": True}}, "volume_size_gb"),
+    ({"project_name": "p", "feature_spec_version": "v" * 129}, "at most 128"),
+    ({"project_name": "p", "traffic_input": {"field_mapping": {"source_ip": "c" * 129}}}, "at most 128"),
 ])
 def test_defaults_schema_names_each_problem(item, complaint):
     assert any(complaint in p for p in problems(item))

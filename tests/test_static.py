@@ -90,6 +90,35 @@ def test_asl_validator_accepts(asl):
     assert run.returncode == 0, run.stdout + run.stderr
 
 
+LANGUAGE_SERVICE = ROOT / "tests" / "tools" / "asl_language_service.js"
+
+
+def _language_service(*files: Path) -> tuple[int, list[dict]]:
+    modules = TOOLS / "node" / "node_modules"
+    tool(modules / "amazon-states-language-service", "amazon-states-language-service (npm)")
+    run = subprocess.run(["node", str(LANGUAGE_SERVICE), *map(str, files)], capture_output=True, text=True,
+                         env={**os.environ, "NODE_PATH": str(modules)})
+    assert run.returncode in (0, 1), run.stderr
+    return run.returncode, [json.loads(line) for line in run.stdout.splitlines()]
+
+
+def test_aws_language_service_accepts_every_rendered_file():
+    """AWS's own ASL validator (amazon-states-language-service, behind the AWS Toolkit's editor)."""
+    code, reports = _language_service(*ASL_FILES)
+    assert code == 0 and all(r["diagnostics"] == [] for r in reports), reports
+
+
+def test_aws_language_service_reports_a_broken_definition(tmp_path):
+    broken = tmp_path / "broken.asl.json"
+    broken.write_text(json.dumps({"StartAt": "A", "States": {
+        "A": {"Type": "Pass", "Parameters": {"x.$": "States.Format('{}', $.a"}, "Next": "Nowhere"},
+        "B": {"Type": "Succeed"}}}))
+    code, (report,) = _language_service(broken)
+    messages = " ".join(d["message"] for d in report["diagnostics"])
+    assert code == 1
+    assert "intrinsic function" in messages and "existing state" in messages and "cannot be reached" in messages
+
+
 def test_substitutions_match_placeholders_both_ways():
     tpl = load(parameters={"IngestionBucketName": "b"})
     for logical, res in tpl.state_machines.items():

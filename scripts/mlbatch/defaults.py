@@ -19,6 +19,9 @@ BUILDER_SETTINGS = {
 }
 TOP_LEVEL = {"project_name", "feature_spec_version", "traffic_input", "delta_builder", "pair_counts_builder",
              "description"}
+#: The longest feature_spec_version and source column name mlbatch accepts: they reach builders in the
+#: batch config, but the version is also part of output keys and the lock key (README: Limits).
+MAX_NAME = 128
 
 
 def _nonempty_str(v: Any) -> bool:
@@ -37,12 +40,16 @@ def problems(item: Any) -> list[str]:
     fsv = item.get("feature_spec_version")
     if not _nonempty_str(fsv) or "#" in fsv:
         out.append("feature_spec_version must be a non-empty string without '#' (it is part of the lock key)")
+    elif len(fsv) > MAX_NAME:
+        out.append(f"feature_spec_version must be at most {MAX_NAME} characters (it is part of output keys)")
     mapping = (item.get("traffic_input") or {}).get("field_mapping") if isinstance(item.get("traffic_input"), dict) else None
     if not isinstance(mapping, dict):
         out.append("traffic_input.field_mapping must be an object")
     else:
         out += [f"traffic_input.field_mapping.{f} must be a non-empty string (the source column)"
                 for f in FIELD_MAPPING if not _nonempty_str(mapping.get(f))]
+        out += [f"traffic_input.field_mapping.{f} must be at most {MAX_NAME} characters"
+                for f in FIELD_MAPPING if _nonempty_str(mapping.get(f)) and len(mapping[f]) > MAX_NAME]
     for builder in ("delta_builder", "pair_counts_builder"):
         if builder not in item:
             continue

@@ -28,6 +28,8 @@ EXAMPLE_PARAMETERS = {
     "ExtractorImageUri": "123456789012.dkr.ecr.us-east-1.amazonaws.com/mlbatch:0.1.0",
 }
 EVENTS = ROOT / "tests" / "events"
+#: template parameter naming a table the stack uses instead of creating it -> the resource it replaces
+GIVEN_TABLES = {"ExistingLockTableName": "LockTable", "ExistingProjectDefaultsTableName": "ProjectDefaultsTable"}
 #: Builder mocks, Step Functions Local format: `<pipeline ARN>#<TestCase>` runs a test case.
 MOCK_CONFIG = ROOT / "tests" / "mocks" / "MockConfigFile.json"
 
@@ -60,11 +62,15 @@ class Sandbox:
     def __enter__(self) -> "Sandbox":
         os.environ.setdefault("SFN_MOCK_CONFIG", str(MOCK_CONFIG))
         self.engine.__enter__()
-        self.deployment = self.engine.deploy(self.template)
-        # the buckets the stack is given (its parameters), as they exist in the account
-        s3 = self.engine.client("s3")
+        # what the stack is given (its parameters) exists in the account before it deploys:
+        # the buckets, and the lock and defaults tables a team brings instead of creating them
         for param in ("IngestionBucketName", "OutputBucketName"):
-            s3.create_bucket(Bucket=self.template.parameters[param])
+            self.engine.put_bucket(self.template.parameters[param])
+        for param, logical in GIVEN_TABLES.items():
+            if self.template.parameters.get(param):
+                self.engine.put_table(self.template.parameters[param],
+                                      self.template.doc["Resources"][logical]["Properties"])
+        self.deployment = self.engine.deploy(self.template)
         self.intake_arn = self.arn("IntakeStateMachine")
         self.started_pipeline_arn = self.pipeline_arn
         return self
@@ -78,7 +84,9 @@ class Sandbox:
         return self.deployment.state_machines[logical]
 
     def table(self, logical: str) -> str:
-        return self.deployment.tables[logical]
+        """The name of a table of the stack: created by it, or given to it (bring your own)."""
+        given = {v: k for k, v in GIVEN_TABLES.items()}.get(logical)
+        return self.deployment.tables.get(logical) or self.template.parameters[given]
 
     @property
     def pipeline_arn(self) -> str:

@@ -146,7 +146,7 @@ class Engine:
         dep = Deployment(template)
         for logical, res in template.tables.items():
             dep.tables[logical] = template.physical_name(logical)
-            dep.actions[logical] = self._put_table(dep.tables[logical], res["Properties"])
+            dep.actions[logical] = self.put_table(dep.tables[logical], res["Properties"])
         for logical in template.resources("AWS::S3::Bucket"):
             dep.buckets[logical] = template.physical_name(logical)
             dep.actions[logical] = self.put_bucket(dep.buckets[logical])
@@ -157,7 +157,8 @@ class Engine:
                 template.physical_name(logical), definition, kind)
         return dep
 
-    def _put_table(self, name: str, props: dict) -> str:
+    def put_table(self, name: str, props: dict) -> str:
+        """Create a table unless it exists (with the template's key schema): created | unchanged."""
         try:
             table = self.dynamodb.describe_table(TableName=name)["Table"]
         except self.dynamodb.exceptions.ResourceNotFoundException:
