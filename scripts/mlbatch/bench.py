@@ -36,16 +36,48 @@ def _measure(sb: Sandbox, execution_arn: str) -> tuple[int, int, float]:
             (d["stopDate"] - d["startDate"]).total_seconds() * 1000)
 
 
-def _row(label: str, samples: list[tuple[int, int, float]]) -> dict:
+def _row(label: str, samples: list[tuple[int, int, float]], before: tuple[int, int] | None = None,
+         baseline: str | None = None) -> dict:
     wall = [w for _, _, w in samples]
-    return {"path": label, "transitions": "/".join(map(str, sorted({t for t, _, _ in samples}))),
-            "service_calls": "/".join(map(str, sorted({c for _, c, _ in samples}))),
-            "p50_ms": round(statistics.median(wall), 1), "p95_ms": round(_percentile(wall, 0.95), 1),
+    row = {"path": label, "transitions": "/".join(map(str, sorted({t for t, _, _ in samples}))),
+           "service_calls": "/".join(map(str, sorted({c for _, c, _ in samples})))}
+    if baseline:  # the same path on the state machines of another commit
+        row.update({f"transitions@{baseline}": before[0] if before else "-",
+                    f"service_calls@{baseline}": before[1] if before else "-"})
+    return {**row, "p50_ms": round(statistics.median(wall), 1), "p95_ms": round(_percentile(wall, 0.95), 1),
             "runs": len(samples)}
 
 
-def bench_intake(runs: int = 20, progress: Callable[[str], None] | None = None) -> list[dict]:
-    """Measure each intake path `runs` times on the embedded engine; one row per path."""
+def baseline_definition(sb: Sandbox, ref: str, logical: str, overrides: dict[str, str] | None = None) -> str:
+    """A state machine's ASL as committed at git `ref`, with this template's substitutions."""
+    import re
+    import subprocess
+
+    from .settings import ROOT
+    path = sb.template.definition_path(logical).relative_to(ROOT)
+    try:
+        text = subprocess.run(["git", "show", f"{ref}:{path.as_posix()}"], cwd=ROOT, capture_output=True,
+                              text=True, check=True).stdout
+    except (OSError, subprocess.CalledProcessError) as exc:
+        raise RuntimeError(f"--baseline {ref}: cannot read {path} at that commit ({exc})") from None
+    subs = {**sb.template.substitutions(logical), **(overrides or {})}
+    return re.sub(r"\$\{([A-Za-z0-9_]+)\}", lambda m: subs.get(m.group(1), m.group(0)), text)
+
+
+def _before(sb: Sandbox, machine: str | None, payload, expect: str, name: str | None = None) -> tuple[int, int] | None:
+    """(transitions, calls) of one run on the baseline machine, or None where it does not reach the
+    same outcome (a path the baseline did not have)."""
+    if machine is None:
+        return None
+    result = sb.engine.run(machine, copy.deepcopy(payload), name=name, timeout=120)
+    got = result.output.get("status") if result.status == "SUCCEEDED" and isinstance(result.output, dict) else result.error
+    return _measure(sb, result.arn)[:2] if got == expect else None
+
+
+def bench_intake(runs: int = 20, progress: Callable[[str], None] | None = None,
+                 baseline: str | None = None) -> list[dict]:
+    """Measure each intake path `runs` times on the embedded engine; one row per path. With
+    `baseline` (a git ref) each path also runs once on the intake committed there."""
     progress = progress or Progress()
     live = load_event("live_event")
     rows = []
@@ -58,6 +90,14 @@ def bench_intake(runs: int = 20, progress: Callable[[str], None] | None = None) 
         no_pipeline = sb.engine.create_machine("bench-no-pipeline",
                                                sb.template.definition("IntakeStateMachine", missing))
         intake = sb.intake_arn
+        old = old_no_pipeline = None
+        if baseline:
+            stand_in = {"PipelineStateMachineArn": sb._stand_in,
+                        "PipelineExecutionArnPrefix": sb._stand_in.replace(":stateMachine:", ":execution:")}
+            old = sb.engine.create_machine("bench-intake-baseline",
+                                           baseline_definition(sb, baseline, "IntakeStateMachine", stand_in))
+            old_no_pipeline = sb.engine.create_machine(
+                "bench-no-pipeline-baseline", baseline_definition(sb, baseline, "IntakeStateMachine", missing))
 
         def fresh(i: int) -> dict:  # a new window per run
             return {**_key(live, batch=f"mb-bench-{i}"), "timestamp": f"2024-03-01T00:10:00.{i:06d}Z"}
@@ -69,6 +109,20 @@ def bench_intake(runs: int = 20, progress: Callable[[str], None] | None = None) 
             first = {**fresh(i), "timestamp": f"2024-03-02T01:10:00.{i:06d}Z"}
             sb.intake(first)
             return _key(first, batch=f"mb-other-{i}")
+
+        def foreign(i: int):  # a lock another orchestrator wrote: only a key and a status
+            event = {**fresh(4000 + i), "timestamp": f"2024-03-03T01:10:00.{i:06d}Z"}
+            sb.engine.dynamodb.put_item(TableName=sb.table("LockTable"), Item={
+                "lock_key": {"S": f"traffic-anomaly#fs-2024-06#2024-03-03T01:08:00Z#2024-03-03T01:10:00.{i:06d}Z"},
+                "status": {"S": "SUCCEEDED"}})
+            return event
+
+        def forced(i: int):  # a SUCCEEDED window run again on purpose
+            event = {**fresh(5000 + i), "timestamp": f"2024-03-04T01:10:00.{i:06d}Z"}
+            sb.intake(event)
+            lock_key = f"traffic-anomaly#fs-2024-06#2024-03-04T01:08:00Z#2024-03-04T01:10:00.{i:06d}Z"
+            sb.set_lock({**sb.lock(lock_key), "status": "SUCCEEDED"})
+            return {**event, "force": True, "reason": "bench"}
 
         scenarios = [
             ("happy path (normalized event)", intake, fresh, "STARTED"),
@@ -88,6 +142,11 @@ def bench_intake(runs: int = 20, progress: Callable[[str], None] | None = None) 
              "Config.InvalidProjectDefaults"),
             ("Intake.WindowCollision", intake, collide, "Intake.WindowCollision"),
             ("Intake.PipelineStartFailed", no_pipeline, lambda i: fresh(3000 + i), "Intake.PipelineStartFailed"),
+            ("duplicate of a lock another orchestrator wrote", intake, foreign, "DUPLICATE_SUPPRESSED"),
+            ("forced re-run of a SUCCEEDED window", intake, forced, "STARTED"),
+            ("key in another bucket (Intake.InvalidS3Key)", intake,
+             lambda i: {**live, "s3_key": live["s3_key"].replace("mlbatch-example-ingest", "elsewhere")},
+             "Intake.InvalidS3Key"),
         ]
         sb.intake(live)  # the lock the duplicates meet
         for label, machine, make, expect in scenarios:
@@ -99,13 +158,20 @@ def bench_intake(runs: int = 20, progress: Callable[[str], None] | None = None) 
                 if got != expect:
                     raise RuntimeError(f"{label}: expected {expect}, got {got}: {result.cause}")
                 samples.append(_measure(sb, result.arn))
+            before = None
+            if baseline:
+                sb.clear_locks()
+                sb.intake(live)  # the lock the duplicates meet
+                before = _before(sb, old_no_pipeline if machine == no_pipeline else old, make(runs + 10), expect)
             progress(f"bench: intake {label} done ({runs} runs)")
-            rows.append(_row(label, samples))
+            rows.append(_row(label, samples, before, baseline))
     return rows
 
 
-def bench_pipeline(runs: int = 20, progress: Callable[[str], None] | None = None) -> list[dict]:
-    """The pipeline per batch (builders mocked) and lock_release, `runs` times each."""
+def bench_pipeline(runs: int = 20, progress: Callable[[str], None] | None = None,
+                   baseline: str | None = None) -> list[dict]:
+    """The pipeline per batch (builders mocked) and lock_release, `runs` times each. With `baseline`
+    (a git ref) each pipeline path also runs once on the pipeline committed there."""
     progress = progress or Progress()
     live = load_event("live_event")
     rows = []
@@ -129,8 +195,9 @@ def bench_pipeline(runs: int = 20, progress: Callable[[str], None] | None = None
                 if got != expect:
                     raise RuntimeError(f"{label}: expected {expect}, got {got}: {pipeline.cause}")
                 samples.append(_measure(sb, pipeline.arn))
+            before = _pipeline_before(sb, baseline, case, pipeline.input, expect) if baseline else None
             progress(f"bench: pipeline {label} done ({count} runs)")
-            rows.append(_row(f"pipeline: {label}", samples))
+            rows.append(_row(f"pipeline: {label}", samples, before, baseline))
         samples = []
         for i in range(runs):
             name = f"bench-release-{i}"
@@ -145,6 +212,32 @@ def bench_pipeline(runs: int = 20, progress: Callable[[str], None] | None = None
         progress(f"bench: lock_release done ({runs} runs)")
         rows.append(_row("lock_release: releases an owned lock", samples))
     return rows
+
+
+def _pipeline_before(sb: Sandbox, ref: str, case: str, pipeline_input: dict, expect: str) -> tuple[int, int] | None:
+    """One run of the baseline pipeline, its builders mocked by the same test case (the mock file
+    keys test cases by state machine name: a copy names the baseline's too)."""
+    import os
+    import tempfile
+
+    from .sandbox import MOCK_CONFIG
+    name = "mlbatch-pipeline-baseline"
+    existing = {m["name"]: m["stateMachineArn"] for m in sb.engine.sfn.list_state_machines()["stateMachines"]}
+    machine = existing.get(name) or sb.engine.create_machine(name, baseline_definition(sb, ref, "PipelineStateMachine"))
+    config = json.loads(MOCK_CONFIG.read_text())
+    config["StateMachines"][name] = config["StateMachines"][sb.template.physical_name("PipelineStateMachine")]
+    with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as fh:
+        json.dump(config, fh)
+    saved = os.environ.get("SFN_MOCK_CONFIG")
+    os.environ["SFN_MOCK_CONFIG"] = fh.name
+    try:
+        lock = sb.lock(pipeline_input["lock_key"])
+        arn = f"{machine.replace(':stateMachine:', ':execution:')}:baseline-{len(existing)}-{os.getpid()}"
+        sb.set_lock({**lock, "status": "IN_PROGRESS", "pipeline_execution_arn": arn})  # it owns the window
+        return _before(sb, machine + f"#{case}", pipeline_input, expect, name=arn.rsplit(":", 1)[1])
+    finally:
+        os.environ["SFN_MOCK_CONFIG"] = saved or str(MOCK_CONFIG)
+        os.unlink(fh.name)
 
 
 def _populate(bucket: str, folders: int, files_per_folder: int = 1) -> int:

@@ -180,9 +180,9 @@ def cmd_run(args) -> int:
 
 
 def _table(rows: list[dict]) -> str:
-    cols = list(rows[0])
+    cols = list(dict.fromkeys(c for r in rows for c in r))  # every column any row has, in order
     lines = ["| " + " | ".join(cols) + " |", "|" + "|".join("---" for _ in cols) + "|"]
-    return "\n".join(lines + ["| " + " | ".join(str(r[c]) for c in cols) + " |" for r in rows])
+    return "\n".join(lines + ["| " + " | ".join(str(r.get(c, "")) for c in cols) + " |" for r in rows])
 
 
 def cmd_bench(args) -> int:
@@ -191,8 +191,8 @@ def cmd_bench(args) -> int:
     from .bench import bench_backfill_unit, bench_extractor, bench_intake, bench_pipeline
     from .progress import Progress
     with Progress() as progress:
-        parts = {"intake": lambda: bench_intake(runs=args.runs, progress=progress),
-                 "pipeline": lambda: bench_pipeline(runs=args.runs, progress=progress),
+        parts = {"intake": lambda: bench_intake(runs=args.runs, progress=progress, baseline=args.baseline),
+                 "pipeline": lambda: bench_pipeline(runs=args.runs, progress=progress, baseline=args.baseline),
                  "backfill": lambda: bench_backfill_unit(progress=progress),
                  "extractor": lambda: bench_extractor(progress=progress)}
         for name in args.only or list(parts):
@@ -577,11 +577,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--timeout", type=_positive_int, default=120, help="seconds to wait per execution (default 120)")
     p.set_defaults(func=cmd_run)
     p = sub.add_parser("bench", help=_summary(cmd_bench), description=_doc(cmd_bench),
-                       epilog="example: mlbatch bench --runs 20 --only intake --only pipeline")
+                       epilog="examples:\n  mlbatch bench --runs 20 --only intake --only pipeline\n"
+                              "  mlbatch bench --only intake --baseline v0.1.0   # transitions before and after",
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--runs", type=_positive_int, default=20, help="executions per path (default 20)")
     p.add_argument("--json", action="store_true", help="JSON Lines instead of Markdown tables")
     p.add_argument("--only", action="append", choices=["intake", "pipeline", "backfill", "extractor"],
                    help="run only this part (repeatable)")
+    p.add_argument("--baseline", metavar="GIT_REF",
+                   help="also run each intake and pipeline path once on the state machines committed at this "
+                        "ref, and show their transitions and service calls beside today's")
     p.set_defaults(func=cmd_bench)
     p = sub.add_parser("local", help=_summary(cmd_local), description=_doc(cmd_local),
                        formatter_class=argparse.RawDescriptionHelpFormatter,
