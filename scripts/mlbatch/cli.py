@@ -92,30 +92,62 @@ def cmd_bench(args) -> int:
     return 0
 
 
-def cmd_extract(args) -> int:
-    """Historical extractor: batch folders in S3 over a date range -> execution units (JSON Lines)."""
+def _usage(command: str, message: str) -> int:
+    """A semantic usage error (argparse cannot see it): the message, exit code 2."""
+    print(f"mlbatch {command}: error: {message}", file=sys.stderr)
+    return 2
+
+
+def _int_at_least(low: int):
+    """An argparse type: an integer >= low (a usage error, exit 2, otherwise)."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"must be at least {low}, got {value}")
+        return value
+    return parse
+
+
+def _date_range(command: str, args):
+    """(first, last) from --from/--to, or the usage error's exit code (bad date, from after to)."""
     import datetime as dt
-    import itertools
-
-    from .extract import ExtractError, Extractor, open_output, write_units
-
-    def progress(msg: str) -> None:
-        if not args.quiet:
-            print(msg, end="", file=sys.stderr, flush=True)
     try:
         first, last = (dt.date.fromisoformat(v) for v in (args.date_from, args.date_to))
     except ValueError as exc:
-        print(f"mlbatch extract: --from/--to must be YYYY-MM-DD: {exc}", file=sys.stderr)
-        return 2
+        return _usage(command, f"--from/--to must be YYYY-MM-DD: {exc}")
+    if last < first:
+        return _usage(command, f"--from {first} is after --to {last}")
+    return first, last
+
+
+def cmd_extract(args) -> int:
+    """Historical extractor: batch folders in S3 over a date range -> execution units (JSON Lines)."""
+    import itertools
+
+    from .extract import ExtractError, Extractor, Progress, open_output, write_units
+
+    dates = _date_range("extract", args)
+    if isinstance(dates, int):
+        return dates
+    first, last = dates
+    if not args.dry_run and not args.output:
+        return _usage("extract", "--output is required (a path, '-' or s3://bucket/key)")
     # in the backfill's processing job, optional filters arrive as environment variables
     args.prefix = args.prefix or os.environ.get("MLBATCH_EXTRACT_PREFIX") or None
     args.project = args.project or [p for p in os.environ.get("MLBATCH_EXTRACT_PROJECTS", "").split(",") if p]
-    ex = Extractor(args.bucket, args.defaults_table, representative=args.representative,
-                   strict=args.strict, workers=args.workers, progress=progress)
+    progress = Progress(enabled=not args.quiet)
     try:
+        ex = Extractor(args.bucket, args.defaults_table, representative=args.representative,
+                       strict=args.strict, workers=args.workers, progress=progress,
+                       suspect_after_days=args.suspect_after_days,
+                       warn=lambda msg: print(f"mlbatch extract: warning: {msg}", file=sys.stderr))
         if args.dry_run:
             for (project, day), group in itertools.groupby(
-                    ex.units(first, last, args.prefix, args.project or None), key=lambda u: (u["project_name"], u["mini_batch_s3_prefix"].split("/")[-5:-2])):
+                    ex.units(first, last, args.prefix, args.project or None),
+                    key=lambda u: (u["project_name"], u["mini_batch_s3_prefix"].split("/")[-5:-2])):
                 group = list(group)
                 row = {"project_name": project, "day": "-".join(day), "units": len(group)}
                 if args.lock_table:
@@ -123,16 +155,42 @@ def cmd_extract(args) -> int:
                     ex.report.already_succeeded += row["already_succeeded"]
                 print(json.dumps(row))
         else:
-            if not args.output:
-                print("mlbatch extract: --output is required (a path, '-' or s3://bucket/key)", file=sys.stderr)
-                return 2
-            with open_output(args.output) as out:
+            with open_output(args.output) as out:  # checked (writable path, existing bucket) before the listing
                 write_units(ex.lines(first, last, args.prefix, args.project or None), out)
     except ExtractError as exc:
+        progress.done()
         print(f"mlbatch extract: {exc}", file=sys.stderr)
         return 1
+    progress.done()
     print(json.dumps({"summary": ex.report.as_dict()}), file=sys.stderr)
     return 0
+
+
+def _extract_parser(sub) -> None:
+    p = sub.add_parser("extract", help=cmd_extract.__doc__, description=cmd_extract.__doc__,
+                       formatter_class=argparse.RawDescriptionHelpFormatter,
+                       epilog="example:\n  mlbatch extract --bucket ingest --from 2024-01-01 --to 2024-12-31 \\\n"
+                              "      --defaults-table mlbatch-ProjectDefaults --output s3://artifacts/units.jsonl\n"
+                              "exit codes: 0 done, 1 extraction failed (message on stderr), 2 bad arguments")
+    p.add_argument("--bucket", required=True, help="the ingestion bucket")
+    p.add_argument("--from", dest="date_from", required=True, help="first path date, YYYY-MM-DD")
+    p.add_argument("--to", dest="date_to", required=True, help="last path date, YYYY-MM-DD (inclusive)")
+    p.add_argument("--prefix", help="org1/org2 (default: discover every org pair)")
+    p.add_argument("--project", action="append", help="a project (repeatable; default: discover)")
+    p.add_argument("--defaults-table", required=True, help="project-defaults table (feature_spec_version)")
+    p.add_argument("--output", help="a path, '-' for stdout, or s3://bucket/key (checked before the listing)")
+    p.add_argument("--representative", choices=["earliest", "latest"], default="earliest",
+                   help="which object's LastModified stands for the batch (default earliest)")
+    p.add_argument("--suspect-after-days", type=_int_at_least(0), default=2, metavar="N",
+                   help="flag a unit (timestamp_suspect) whose LastModified is before its folder's date or "
+                        "more than N days after it (default 2)")
+    p.add_argument("--strict", action="store_true",
+                   help="fatal (exit 1, no output published): an unknown project, or any suspect LastModified")
+    p.add_argument("--dry-run", action="store_true", help="print the plan per project and day; write nothing")
+    p.add_argument("--lock-table", help="with --dry-run: count windows already SUCCEEDED")
+    p.add_argument("--workers", type=_int_at_least(1), default=8, help="date spans listed in parallel (default 8)")
+    p.add_argument("--quiet", action="store_true", help="no progress on stderr")
+    p.set_defaults(func=cmd_extract)
 
 
 def _table_arg(args, env: str, what: str) -> str:
@@ -225,26 +283,7 @@ def main(argv: list[str] | None = None) -> int:
                        epilog="example: mlbatch render --check   # exit 1 names stale files")
     p.add_argument("--check", action="store_true", help="change nothing; exit 1 if any rendered file is stale")
     p.set_defaults(func=cmd_render)
-    p = sub.add_parser("extract", help=cmd_extract.__doc__, description=cmd_extract.__doc__,
-                       formatter_class=argparse.RawDescriptionHelpFormatter,
-                       epilog="example:\n  mlbatch extract --bucket ingest --from 2024-01-01 --to 2024-12-31 \\\n"
-                              "      --defaults-table mlbatch-ProjectDefaults --output s3://artifacts/units.jsonl\n"
-                              "exit codes: 0 done, 1 extraction failed (message on stderr), 2 bad arguments")
-    p.add_argument("--bucket", required=True, help="the ingestion bucket")
-    p.add_argument("--from", dest="date_from", required=True, help="first path date, YYYY-MM-DD")
-    p.add_argument("--to", dest="date_to", required=True, help="last path date, YYYY-MM-DD (inclusive)")
-    p.add_argument("--prefix", help="org1/org2 (default: discover every org pair)")
-    p.add_argument("--project", action="append", help="a project (repeatable; default: discover)")
-    p.add_argument("--defaults-table", required=True, help="project-defaults table (feature_spec_version)")
-    p.add_argument("--output", help="a path, '-' for stdout, or s3://bucket/key")
-    p.add_argument("--representative", choices=["earliest", "latest"], default="earliest",
-                   help="which object's LastModified stands for the batch (default earliest)")
-    p.add_argument("--strict", action="store_true", help="an unknown project is fatal instead of skipped")
-    p.add_argument("--dry-run", action="store_true", help="print the plan per project and day; write nothing")
-    p.add_argument("--lock-table", help="with --dry-run: count windows already SUCCEEDED")
-    p.add_argument("--workers", type=int, default=8, help="date spans listed in parallel (default 8)")
-    p.add_argument("--quiet", action="store_true", help="no progress on stderr")
-    p.set_defaults(func=cmd_extract)
+    _extract_parser(sub)
     p = sub.add_parser("defaults", help=cmd_defaults.__doc__, description=cmd_defaults.__doc__,
                        formatter_class=argparse.RawDescriptionHelpFormatter,
                        epilog="examples:\n  mlbatch defaults check sam/project-defaults/*.json\n"
