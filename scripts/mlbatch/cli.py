@@ -1,4 +1,4 @@
-"""The `mlbatch` command: render | run | extract | replay | locks | defaults | bench."""
+"""The `mlbatch` command: render | run | extract | audit | replay | locks | defaults | bench."""
 from __future__ import annotations
 
 import argparse
@@ -193,6 +193,121 @@ def _extract_parser(sub) -> None:
     p.set_defaults(func=cmd_extract)
 
 
+def cmd_audit(args) -> int:
+    """Is everything processed? Batch folders in S3 over a date range joined with the lock ledger:
+    one JSON line per unit with its state, a summary per project and day; with --manifest, the
+    heal: stuck locks whose pipeline ended are released and the units to heal are written as a
+    backfill manifest."""
+    import contextlib
+
+    from .audit import DEFAULT_MAX_ATTEMPTS, DEFAULT_STUCK_AFTER_MINUTES, run_audit, summary_table
+    from .extract import ExtractError, Progress, check_output, open_output
+
+    dates = _date_range("audit", args)
+    if isinstance(dates, int):
+        return dates
+    defaults_table = args.defaults_table or os.environ.get("MLBATCH_DEFAULTS_TABLE")
+    lock_table = args.lock_table or os.environ.get("MLBATCH_LOCK_TABLE")
+    if not defaults_table:
+        return _usage("audit", "name the project-defaults table with --defaults-table or MLBATCH_DEFAULTS_TABLE "
+                               "(the stack's ProjectDefaultsTableName output)")
+    if not lock_table:
+        return _usage("audit", "name the lock table with --lock-table or MLBATCH_LOCK_TABLE "
+                               "(the stack's LockTableName output)")
+    progress = Progress(enabled=not args.quiet)
+
+    def warn(msg: str) -> None:
+        print(f"mlbatch audit: warning: {msg}", file=sys.stderr)
+    try:
+        with contextlib.ExitStack() as stack:  # outputs are checked before any listing
+            out = stack.enter_context(open_output(args.output))
+            manifest = None
+            if args.manifest and args.dry_run:
+                check_output(args.manifest, what="--manifest")
+            elif args.manifest:
+                manifest = stack.enter_context(open_output(args.manifest, what="--manifest"))
+            result = run_audit(
+                args.bucket, *dates, lock_table=lock_table, defaults_table=defaults_table, prefix=args.prefix,
+                projects=args.project, output=out, manifest=manifest, dry_run=args.dry_run,
+                stuck_after_minutes=args.stuck_after or DEFAULT_STUCK_AFTER_MINUTES,
+                max_attempts=args.max_attempts or DEFAULT_MAX_ATTEMPTS, suspect_after_days=args.suspect_after_days,
+                strict=args.strict, workers=args.workers, progress=progress, warn=warn)
+    except ExtractError as exc:
+        progress.done()
+        print(f"mlbatch audit: {exc}", file=sys.stderr)
+        return 1
+    progress.done()
+    summary = result.summary
+    if args.json:
+        print(json.dumps({"summary": summary}))
+    else:
+        print(summary_table(summary), file=sys.stderr)
+    if args.manifest:
+        heal = (f"{summary['manifest_units']} units to heal" if not args.dry_run else
+                f"{summary['healable']} units would be healed")
+        if args.dry_run:
+            print(f"mlbatch audit: dry run, nothing written: {heal} (stuck locks would be released first); "
+                  f"run again without --dry-run to write {args.manifest}", file=sys.stderr)
+        else:
+            print(f"mlbatch audit: {heal} written to {args.manifest} ({summary['stuck_locks_released']} stuck locks "
+                  f"released as Audit.Stuck)", file=sys.stderr)
+            if summary["stuck_release_races"]:
+                print(f"mlbatch audit: {summary['stuck_release_races']} stuck locks changed while the audit ran and "
+                      "were left alone (not in the manifest); audit again", file=sys.stderr)
+            if summary["manifest_units"]:
+                where = (json.dumps({"manifest": dict(zip(("bucket", "key"), args.manifest[5:].split("/", 1)))})
+                         if args.manifest.startswith("s3://") else
+                         '{"manifest": {"bucket": "<ArtifactsBucket>", "key": "<key>"}} after uploading it')
+                print(f"mlbatch audit: heal: start the backfill state machine with {where}", file=sys.stderr)
+    elif summary["healable"]:
+        print(f"mlbatch audit: {summary['healable']} units can be healed: add --manifest FILE|s3://bucket/key",
+              file=sys.stderr)
+    return result.exit_code
+
+
+def _audit_parser(sub) -> None:
+    from .settings import MAX_ATTEMPTS as DEFAULT_MAX_ATTEMPTS, STUCK_AFTER_MINUTES as DEFAULT_STUCK_AFTER_MINUTES
+    p = sub.add_parser(
+        "audit", help="Is everything processed? S3 batch folders against the lock ledger; --manifest heals",
+        description=cmd_audit.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="examples:\n"
+               "  mlbatch audit --bucket ingest --from 2024-03-01 --to 2024-03-07 --lock-table mlbatch-Locks \\\n"
+               "      --defaults-table mlbatch-ProjectDefaults > audit.jsonl\n"
+               "  mlbatch audit ... --manifest s3://<ArtifactsBucket>/backfill/heal-2024-03.jsonl   # the heal\n"
+               "  jq -c 'select(.state == \"MISSING\")' audit.jsonl\n"
+               "states: SUCCEEDED IN_PROGRESS STUCK FAILED POISONED MISSING COLLISION UNKNOWN_STATUS UNKNOWN_PROJECT\n"
+               "exit codes: 0 every unit SUCCEEDED or IN_PROGRESS, 3 gaps (any other state), 1 error, 2 usage\n"
+               "guide: docs/audit.md")
+    p.add_argument("--bucket", required=True, help="the ingestion bucket")
+    p.add_argument("--from", dest="date_from", required=True, help="first path date, YYYY-MM-DD")
+    p.add_argument("--to", dest="date_to", required=True, help="last path date, YYYY-MM-DD (inclusive)")
+    p.add_argument("--prefix", help="org1/org2 (default: discover every org pair)")
+    p.add_argument("--project", action="append", help="a project (repeatable; default: discover)")
+    p.add_argument("--defaults-table", help="project-defaults table (default: $MLBATCH_DEFAULTS_TABLE)")
+    p.add_argument("--lock-table", help="lock table (default: $MLBATCH_LOCK_TABLE)")
+    p.add_argument("--output", default="-", help="the unit lines: a path, '-' (stdout, default) or s3://bucket/key")
+    p.add_argument("--manifest", metavar="FILE|s3://bucket/key",
+                   help="the heal: release stuck locks whose pipeline ended, write the units to heal as a backfill "
+                        "manifest")
+    p.add_argument("--dry-run", action="store_true", help="with --manifest: write nothing, say what the heal would do")
+    p.add_argument("--stuck-after", type=_int_at_least(1), metavar="MINUTES",
+                   help=f"an IN_PROGRESS lock not updated for this long is STUCK (default "
+                        f"{DEFAULT_STUCK_AFTER_MINUTES}: the pipeline's timeout plus a margin)")
+    p.add_argument("--max-attempts", type=_int_at_least(1), metavar="N",
+                   help=f"a FAILED window with this many attempts is POISONED, never healed (default "
+                        f"{DEFAULT_MAX_ATTEMPTS})")
+    p.add_argument("--suspect-after-days", type=_int_at_least(0), default=2, metavar="N",
+                   help="flag a unit (timestamp_suspect) whose LastModified is before its folder's date or "
+                        "more than N days after it (default 2)")
+    p.add_argument("--strict", action="store_true",
+                   help="a suspect LastModified is fatal: such units are not reported, exit 1, no manifest")
+    p.add_argument("--json", action="store_true", help="the summary as one JSON object on stdout after the lines "
+                                                       "(instead of the table on stderr)")
+    p.add_argument("--workers", type=_int_at_least(1), default=8, help="date spans listed in parallel (default 8)")
+    p.add_argument("--quiet", action="store_true", help="no progress on stderr")
+    p.set_defaults(func=cmd_audit)
+
+
 def _table_arg(args, env: str, what: str) -> str:
     table = args.table or os.environ.get(env)
     if not table:
@@ -284,6 +399,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--check", action="store_true", help="change nothing; exit 1 if any rendered file is stale")
     p.set_defaults(func=cmd_render)
     _extract_parser(sub)
+    _audit_parser(sub)
     p = sub.add_parser("defaults", help=cmd_defaults.__doc__, description=cmd_defaults.__doc__,
                        formatter_class=argparse.RawDescriptionHelpFormatter,
                        epilog="examples:\n  mlbatch defaults check sam/project-defaults/*.json\n"

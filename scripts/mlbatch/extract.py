@@ -395,7 +395,8 @@ class Extractor:
                 report.units += local.units
                 report.skipped.update(local.skipped)
                 report.stray_keys.update(local.stray_keys)
-                report.api_calls.update(local.api_calls)
+                with report._lock:  # the audit's ledger threads count their calls meanwhile
+                    report.api_calls.update(local.api_calls)
                 for example in local.suspect_examples:
                     if len(report.suspect_examples) < WARN_FIRST:
                         report.suspect_examples.append(example)
