@@ -262,8 +262,9 @@ def test_classify_never_crashes_on_a_partial_lock():
     assert classify(u, {"lock_key": "k", "status": "FAILED"}, now, stuck_after) == "FAILED"  # no attempts: 0
     assert classify(u, {"lock_key": "k", "status": "FAILED", "attempts": "many"}, now, stuck_after) == "FAILED"
     assert classify(u, {"lock_key": "k", "status": "IN_PROGRESS", "updated_at": "yesterday"}, now, stuck_after) == "STUCK"
-    assert classify(u, {"lock_key": "k", "status": "IN_PROGRESS", "acquired_at": "2024-04-02T11:00:00Z"},
+    assert classify(u, {"lock_key": "k", "status": "IN_PROGRESS", "updated_at": "2024-04-02T11:00:00Z"},
                     now, stuck_after) == "IN_PROGRESS"
+    assert classify(u, {"lock_key": "k", "status": "IN_PROGRESS"}, now, stuck_after) == "STUCK"
     assert classify(u, {"lock_key": "k", "status": "IN_PROGRESS", "updated_at": "2024-04-02T10:29:59.999Z"},
                     now, stuck_after) == "STUCK"
     assert classify(u, {"lock_key": "k", "status": "DONE"}, now, stuck_after) == "UNKNOWN_STATUS"

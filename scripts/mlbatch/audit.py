@@ -41,8 +41,9 @@ GAPS = frozenset(STATES) - {"SUCCEEDED", "IN_PROGRESS"}
 #: Pipeline execution statuses that mean a run may still finalize the lock: never touched.
 _LIVE = {"RUNNING", "PENDING_REDRIVE"}
 _BATCH = 100  # BatchGetItem's limit
-_LEDGER_FIELDS = ("lock_key", "status", "attempts", "updated_at", "acquired_at", "pipeline_execution_arn",
-                  "mini_batch_id", "error")
+#: What the audit reads of a lock (BatchGetItem's ProjectionExpression): what it classifies by and
+#: reports, no more -- a read's cost grows with the attributes returned.
+_LEDGER_FIELDS = ("lock_key", "status", "mini_batch_id", "attempts", "updated_at", "pipeline_execution_arn", "error")
 
 
 def lock_key(unit: dict) -> str:
@@ -71,6 +72,24 @@ def _instant(value: Any) -> dt.datetime | None:
     return t if t.tzinfo else t.replace(tzinfo=dt.timezone.utc)
 
 
+def _plain(item: dict) -> dict:
+    """A ledger item -> plain JSON: strings and numbers directly (the audit reads a million of them),
+    anything else through boto3's deserializer; an attribute it cannot read is left out."""
+    out = {}
+    for name, value in item.items():
+        if "S" in value:
+            out[name] = value["S"]
+        elif "N" in value:
+            n = value["N"]
+            out[name] = int(n) if n.lstrip("-").isdigit() else float(n)
+        else:
+            try:
+                out.update(from_item({name: value}))
+            except Exception:
+                pass
+    return out
+
+
 def _attempts(lock: dict) -> int:
     try:
         return int(lock.get("attempts", 0))
@@ -84,7 +103,7 @@ def classify(unit: dict, lock: dict | None, now: dt.datetime, stuck_after: dt.ti
 
     A lock may lack anything but its key (another orchestrator may have written it): no
     `mini_batch_id` cannot be a collision; an IN_PROGRESS lock without a readable
-    `updated_at` (or `acquired_at`) cannot prove it is alive, so it is STUCK (healed only if
+    `updated_at` cannot prove it is alive, so it is STUCK (healed only if
     its pipeline execution is known and ended); a status other than the three mlbatch writes,
     or none, is UNKNOWN_STATUS (a gap the backfill cannot heal: its acquire would be refused)."""
     if unit.get("feature_spec_version") is None:
@@ -100,7 +119,7 @@ def classify(unit: dict, lock: dict | None, now: dt.datetime, stuck_after: dt.ti
     if status == "FAILED":
         return "POISONED" if _attempts(lock) >= max_attempts else "FAILED"
     if status == "IN_PROGRESS":
-        seen = _instant(lock.get("updated_at")) or _instant(lock.get("acquired_at"))
+        seen = _instant(lock.get("updated_at"))
         return "IN_PROGRESS" if seen is not None and now - seen <= stuck_after else "STUCK"
     return "UNKNOWN_STATUS"
 
@@ -176,14 +195,7 @@ class Auditor:
         items = batch_get(self.dynamodb, self.lock_table, [{"lock_key": {"S": k}} for k in keys], consistent=True,
                           projection=", ".join(names), names=names,
                           on_call=lambda: self.extractor.report.count_call("BatchGetItem (ledger)"))
-        out = {}
-        for item in items:
-            try:
-                lock = from_item(item)
-            except Exception:  # an attribute type boto3 cannot read: keep what can be read
-                lock = {k: v.get("S") for k, v in item.items() if isinstance(v, dict)}
-            out[lock.get("lock_key")] = lock
-        return out
+        return {lock.get("lock_key"): lock for lock in map(_plain, items)}
 
     def _pipeline_status(self, arn: Any) -> tuple[str, str | None]:
         """(status, problem): RUNNING/SUCCEEDED/FAILED/TIMED_OUT/ABORTED/..., NOT_FOUND when the
@@ -240,7 +252,7 @@ class Auditor:
         for unit, key in zip(units, keys):
             lock = locks.get(key) if key else None
             state = classify(unit, lock, self.now, self.stuck_after, self.max_attempts)
-            line = dict(unit)
+            line = unit
             if key is None:
                 del line["feature_spec_version"]
             line["state"] = state
