@@ -252,7 +252,7 @@ print(calls, file=sys.stderr)
 
 
 #: Runs a command in a child of a small process, so that the child's peak RSS (ru_maxrss, which
-#: survives exec) is its own and not the benchmarking parent's.
+#: survives exec) and CPU time are its own and not the benchmarking parent's.
 _LAUNCH = """
 import os, sys
 pid = os.fork()
@@ -260,13 +260,14 @@ if pid == 0:
     os.execv(sys.argv[2], sys.argv[2:])
 _, status, usage = os.wait4(pid, 0)
 with open(sys.argv[1], "w") as fh:
-    fh.write(str(usage.ru_maxrss))
+    fh.write(f"{usage.ru_maxrss} {usage.ru_utime + usage.ru_stime}")
 sys.exit(os.waitstatus_to_exitcode(status))
 """
 
 
-def _timed(argv: list[str], env: dict[str, str]) -> tuple[float, float, int, str]:
-    """Run a process to its end: (wall seconds, its own peak RSS in MiB, exit code, stderr)."""
+def _timed(argv: list[str], env: dict[str, str]) -> tuple[float, float, float, int, str]:
+    """Run a process to its end: (wall seconds, its own peak RSS in MiB, its CPU seconds, exit code,
+    stderr)."""
     import subprocess
     import tempfile
     import time
@@ -277,7 +278,8 @@ def _timed(argv: list[str], env: dict[str, str]) -> tuple[float, float, int, str
                               stdout=subprocess.DEVNULL, stderr=err, text=True)
         seconds = time.perf_counter() - began
         err.seek(0)
-        return seconds, int(rss.read() or 0) / 1024, done.returncode, err.read()
+        maxrss, cpu = (rss.read().split() or ["0", "0"])
+        return seconds, int(maxrss) / 1024, float(cpu), done.returncode, err.read()
 
 
 def _cpu_seconds(pid: int) -> float:
@@ -299,9 +301,10 @@ def bench_extractor(sizes: tuple[int, ...] = (3_500, 20_000, 35_040), repeats: i
 
     Per size and command: API calls against their floors (ListObjectsV2 ceil(objects/1000), the
     ledger's BatchGetItem ceil(units/100)) and HeadObject calls, counted in-process, with the
-    peak Python memory (tracemalloc); wall time, folders per minute and peak RSS from each command
-    run as a process of its own, start-up included, the three run side by side `repeats` times
-    (the best run counts). `ratio`: extract against the walk, audit against extract."""
+    peak Python memory (tracemalloc); wall time, folders per minute, peak RSS and CPU time from each
+    command run as a process of its own, start-up included, the three run side by side `repeats`
+    times (the best run counts), with the CPU each server spent on that run. `ratio`: extract
+    against the walk, audit against extract."""
     import datetime as dt
     import logging
     import math
@@ -388,21 +391,21 @@ def bench_extractor(sizes: tuple[int, ...] = (3_500, 20_000, 35_040), repeats: i
                 for _ in range(repeats):
                     for name, args in argv.items():
                         before = [_cpu_seconds(child.pid) for child in children]
-                        seconds, rss, code, err = _timed(args, env)
+                        seconds, rss, cpu, code, err = _timed(args, env)
                         served = [_cpu_seconds(child.pid) - b for child, b in zip(children, before)]
                         if code != {"walk": 0, "extract": 0, "audit": 3}[name]:
                             raise RuntimeError(f"bench: {name} exited {code}: {err[-2000:]}")
                         if name == "walk":
                             walk_calls = int(err.split()[-1])
                         if seconds < best.get(name, (float("inf"),))[0]:
-                            best[name] = (seconds, rss, *served)
+                            best[name] = (seconds, rss, cpu, *served)
             progress(f"bench: extractor/audit {folders} folders: walk {best['walk'][0]:.1f}s, "
                      f"extract {best['extract'][0]:.1f}s, audit {best['audit'][0]:.1f}s")
 
             def timing(name: str, against: str | None) -> dict:
-                seconds, rss, s3_cpu, ledger_cpu = best[name]
+                seconds, rss, cpu, s3_cpu, ledger_cpu = best[name]
                 return {"wall_s": round(seconds, 2), "folders_per_min": round(folders / seconds * 60),
-                        "peak_rss_mib": round(rss, 1), "s3_server_cpu_s": round(s3_cpu, 1),
+                        "peak_rss_mib": round(rss, 1), "cpu_s": round(cpu, 1), "s3_server_cpu_s": round(s3_cpu, 1),
                         "ledger_server_cpu_s": round(ledger_cpu, 1),
                         "ratio": f"{seconds / best[against][0]:.2f}x {against}" if against else "1.00x walk"}
 
