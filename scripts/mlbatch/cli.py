@@ -257,7 +257,7 @@ def cmd_audit(args) -> int:
             if summary["manifest_units"]:
                 where = (json.dumps({"manifest": dict(zip(("bucket", "key"), args.manifest[5:].split("/", 1)))})
                          if args.manifest.startswith("s3://") else
-                         '{"manifest": {"bucket": "<ArtifactsBucket>", "key": "<key>"}} after uploading it')
+                         '{"manifest": {"bucket": "<ArtifactsBucketName>", "key": "<key>"}} after uploading it')
                 print(f"mlbatch audit: heal: start the backfill state machine with {where}", file=sys.stderr)
     elif summary["healable"]:
         print(f"mlbatch audit: {summary['healable']} units can be healed: add --manifest FILE|s3://bucket/key",
@@ -273,7 +273,7 @@ def _audit_parser(sub) -> None:
         epilog="examples:\n"
                "  mlbatch audit --bucket ingest --from 2024-03-01 --to 2024-03-07 --lock-table mlbatch-Locks \\\n"
                "      --defaults-table mlbatch-ProjectDefaults > audit.jsonl\n"
-               "  mlbatch audit ... --manifest s3://<ArtifactsBucket>/backfill/heal-2024-03.jsonl   # the heal\n"
+               "  mlbatch audit ... --manifest s3://<ArtifactsBucketName>/backfill/heal-2024-03.jsonl   # the heal\n"
                "  jq -c 'select(.state == \"MISSING\")' audit.jsonl\n"
                "states: SUCCEEDED IN_PROGRESS STUCK FAILED POISONED MISSING COLLISION UNKNOWN_STATUS UNKNOWN_PROJECT\n"
                "exit codes: 0 every unit SUCCEEDED or IN_PROGRESS, 3 gaps (any other state), 1 error, 2 usage\n"

@@ -464,7 +464,7 @@ def check_output(target: str, s3=None, what: str = "--output") -> None:
                 return
             if code in ("404", "NoSuchBucket", "NotFound"):
                 raise ExtractError(f"{what} {target}: bucket {bucket!r} does not exist; create it or name an "
-                                   "existing bucket (e.g. the stack's ArtifactsBucket)") from None
+                                   "existing bucket (e.g. the stack's ArtifactsBucketName output)") from None
             raise ExtractError(f"{what} {target}: cannot reach bucket {bucket!r} ({exc}); check the bucket "
                                "name, the region and your credentials") from None
         return
