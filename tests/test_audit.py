@@ -358,9 +358,18 @@ def test_audit_cli_needs_the_lock_table(ingest, capsys, monkeypatch):
     (["--manifest", "s3://no-such-artifacts/heal.jsonl"], "bucket 'no-such-artifacts' does not exist"),
 ])
 def test_audit_cli_errors_exit_1_with_a_message(ledger, capsys, change, message):
-    code = cli(ledger, *change)
+    calls = []
+    session = boto3._get_default_session()
+    handler = lambda model, **kw: calls.append(model.name)  # noqa: E731
+    session.events.register("before-call.s3.ListObjectsV2", handler)
+    try:
+        code = cli(ledger, *change)
+    finally:
+        session.events.unregister("before-call.s3.ListObjectsV2", handler)
     err = capsys.readouterr().err
     assert code == 1 and message in err and "Traceback" not in err
+    if change[0] == "--manifest":
+        assert calls == []  # an unusable manifest target fails before any listing
 
 
 def test_audit_lists_folders_exactly_as_extract_does(ingest):

@@ -336,3 +336,27 @@ def test_extract_command_does_not_import_the_engine_or_the_validators():
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=60)
     assert "cannot create folder /proc/nope" in done.stderr  # it did reach the extractor
     assert done.stdout.strip() == "['mlbatch']"
+
+
+def test_batch_get_retries_unprocessed_keys_until_all_are_read():
+    """DynamoDB answers a throttled BatchGetItem with UnprocessedKeys: they are asked again."""
+    from mlbatch.extract import batch_get
+
+    class Throttled:
+        def __init__(self):
+            self.requests = []
+
+        def batch_get_item(self, RequestItems):
+            keys = RequestItems["t"]["Keys"]
+            self.requests.append(len(keys))
+            served, left = keys[:2], keys[2:]  # two keys per call, the rest unprocessed
+            return {"Responses": {"t": [{**k, "status": {"S": "SUCCEEDED"}} for k in served]},
+                    "UnprocessedKeys": {"t": {"Keys": left, "ConsistentRead": True}} if left else {}}
+
+    ddb = Throttled()
+    items = batch_get(ddb, "t", [{"lock_key": {"S": f"k{i}"}} for i in range(5)], consistent=True)
+
+    assert sorted(i["lock_key"]["S"] for i in items) == ["k0", "k1", "k2", "k3", "k4"]
+    assert ddb.requests == [5, 3, 1]
+    with pytest.raises(ExtractError, match="still unprocessed"):
+        batch_get(Throttled(), "t", [{"lock_key": {"S": f"k{i}"}} for i in range(5)], max_rounds=2)
