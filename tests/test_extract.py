@@ -8,7 +8,7 @@ import boto3
 import pytest
 
 from mlbatch.cli import main
-from mlbatch.extract import ExtractError, Extractor, iso_from_last_modified
+from mlbatch.extract import ExtractError, Extractor, Progress, iso_from_last_modified
 from mlbatch.sandbox import load_event
 from mlbatch.window import window_for
 
@@ -189,3 +189,174 @@ def test_extract_cli_names_bad_arguments(history, capsys):
     code = main(["extract", "--bucket", "no-such-bucket", "--from", "2024-03-01", "--to", "2024-03-01",
                  "--defaults-table", history.table("ProjectDefaultsTable"), "--output", "-", "--quiet"])
     assert code == 1 and "no-such-bucket" in capsys.readouterr().err
+
+
+# --- LastModified sanity: a copied bucket ---------------------------------------------------------
+
+COPIED = "history-copied"
+COPY_TIME = at("2025-06-01T12:00:00")
+
+
+@pytest.fixture(scope="module")
+def copied(history):
+    """A copy of three days of history: every object got the copy time as LastModified, except
+    one folder restored with its original time."""
+    from moto.s3.models import s3_backends
+    s3 = boto3.client("s3", region_name="us-east-1")
+    s3.create_bucket(Bucket=COPIED)
+    backend = s3_backends["123456789012"]["aws"]
+    layout = {f"acme/netsec/traffic-anomaly/2024/03/0{d}/mb-{d}{i:02d}/part-0.json.gz": COPY_TIME
+              for d in (1, 2, 3) for i in range(4)}
+    layout["acme/netsec/traffic-anomaly/2024/03/02/mb-kept/part-0.json.gz"] = at("2024-03-02T10:10:00")
+    layout["acme/netsec/traffic-anomaly/2024/03/03/mb-early/part-0.json.gz"] = at("2024-03-02T23:59:59")
+    for key, when in layout.items():
+        s3.put_object(Bucket=COPIED, Key=key, Body=b"{}")
+        backend.get_object(COPIED, key).last_modified = when.replace(tzinfo=None)
+    return history
+
+
+def extract_cli(history, *args, bucket=COPIED):
+    return main(["extract", "--bucket", bucket, "--from", "2024-03-01", "--to", "2024-03-03", "--quiet",
+                 "--defaults-table", history.table("ProjectDefaultsTable"), *args])
+
+
+def test_extract_flags_units_whose_last_modified_is_outside_the_folder_date(copied, capsys, tmp_path):
+    out = tmp_path / "units.jsonl"
+
+    code = extract_cli(copied, "--output", str(out))
+
+    assert code == 0
+    units = {u["mini_batch_id"]: u for u in map(json.loads, out.read_text().splitlines())}
+    suspect = {b for b, u in units.items() if u.get("timestamp_suspect")}
+    # 12 copied folders are suspect (3 months after their day); so is a LastModified before its folder's day
+    assert suspect == {f"mb-{d}{i:02d}" for d in (1, 2, 3) for i in range(4)} | {"mb-early"}
+    assert "timestamp_suspect" not in units["mb-kept"]
+    # the copied units collapse onto one window: what the flag is there to catch
+    assert {units[b]["batch_start_ts_iso"] for b in suspect - {"mb-early"}} == {"2025-06-01T11:53:00Z"}
+    err = capsys.readouterr().err
+    assert json.loads(err.strip().splitlines()[-1])["summary"]["timestamp_suspect"] == 13
+    warnings = [line for line in err.splitlines() if "suspect LastModified" in line]
+    assert len(warnings) == 6  # the first five by name, then one line counting the rest
+    assert "8 more units (13 in all)" in warnings[-1]
+
+
+def test_extract_suspect_window_is_configurable(copied, tmp_path):
+    out = tmp_path / "units.jsonl"
+    assert extract_cli(copied, "--output", str(out), "--suspect-after-days", "500") == 0
+    suspect = [u["mini_batch_id"] for u in map(json.loads, out.read_text().splitlines()) if u.get("timestamp_suspect")]
+    assert suspect == ["mb-early"]  # before its folder's day is suspect whatever the margin
+
+
+def test_extract_strict_refuses_suspect_units_and_publishes_nothing(copied, capsys, tmp_path):
+    out = tmp_path / "units.jsonl"
+
+    code = extract_cli(copied, "--output", str(out), "--strict")
+
+    assert code == 1
+    err = capsys.readouterr().err
+    assert "13 units have a representative LastModified outside their folder's date" in err
+    assert f"s3://{COPIED}/acme/netsec/traffic-anomaly/2024/03/01/mb-100/part-0.json.gz" in err  # an example
+    assert "Traceback" not in err
+    assert not out.exists() and list(tmp_path.iterdir()) == []  # no partial manifest left behind
+
+
+# --- CLI robustness: usage errors exit 2, bad outputs fail before the listing ------------------
+
+def test_extract_cli_usage_errors_exit_2(history, capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["extract", "--bucket", BUCKET, "--from", "2024-03-01", "--to", "2024-03-01",
+              "--defaults-table", "t", "--output", "-", "--workers", "0"])
+    assert exc.value.code == 2 and "--workers" in capsys.readouterr().err
+    code = main(["extract", "--bucket", BUCKET, "--from", "2024-03-02", "--to", "2024-03-01",
+                 "--defaults-table", "t", "--output", "-"])
+    assert code == 2 and "--from 2024-03-02 is after --to 2024-03-01" in capsys.readouterr().err
+
+
+@pytest.fixture
+def list_calls():
+    """ListObjectsV2 calls made by clients the CLI creates (boto3's default session)."""
+    calls = []
+    session = boto3._get_default_session()
+    handler = lambda **kw: calls.append(kw["model"].name)  # noqa: E731
+    session.events.register("before-call.s3.ListObjectsV2", handler)
+    yield calls
+    session.events.unregister("before-call.s3.ListObjectsV2", handler)
+
+
+@pytest.mark.parametrize("output, message", [
+    ("s3://nosuchbucket/x.jsonl", "bucket 'nosuchbucket' does not exist"),
+    ("/proc/nope/u.jsonl", "cannot create folder /proc/nope"),
+])
+def test_extract_cli_rejects_an_unusable_output_before_listing(history, capsys, list_calls, output, message):
+    code = main(["extract", "--bucket", BUCKET, "--from", "2024-02-28", "--to", "2024-03-01", "--quiet",
+                 "--defaults-table", history.table("ProjectDefaultsTable"), "--output", output])
+
+    err = capsys.readouterr().err
+    assert code == 1 and message in err and "Traceback" not in err
+    assert list_calls == []  # nothing was listed
+
+
+def test_extract_errors_name_the_table_and_the_bucket(history, capsys):
+    code = main(["extract", "--bucket", BUCKET, "--from", "2024-03-01", "--to", "2024-03-01", "--quiet",
+                 "--defaults-table", "no-such-table", "--output", "-"])
+    assert code == 1 and "BatchGetItem on table 'no-such-table' failed" in capsys.readouterr().err
+
+
+def test_progress_is_redrawn_on_a_terminal_and_plain_lines_in_a_log():
+    import io
+
+    log, now = io.StringIO(), [0.0]
+    progress = Progress(log, every=5, tty=False, clock=lambda: now[0])
+    for i in range(1, 11):  # one update a second for 10 s
+        progress(f"{i}/10 spans")
+        now[0] += 1
+    progress.done()
+    assert "\r" not in log.getvalue()
+    assert log.getvalue().splitlines() == ["1/10 spans", "6/10 spans", "10/10 spans"]
+
+    term = io.StringIO()
+    progress = Progress(term, tty=True)
+    progress("1/2 spans")
+    progress("2/2 spans")
+    progress.done()
+    assert term.getvalue() == "\r1/2 spans\x1b[K\r2/2 spans\x1b[K\n"
+
+
+def test_extract_command_does_not_import_the_engine_or_the_validators():
+    """The extractor image starts `mlbatch extract` once per backfill: it must not pay for moto,
+    jinja2 or cfn-lint (the bench measures its start-up against a plain listing)."""
+    import subprocess
+    import sys
+
+    script = ("import sys; from mlbatch.cli import main; "
+              "main(['extract', '--bucket', 'b', '--from', '2024-03-01', '--to', '2024-03-01', '--quiet', "
+              "'--defaults-table', 't', '--output', '/proc/nope/u.jsonl']); "
+              "print(sorted({m.split('.')[0] for m in sys.modules} & {'moto', 'jinja2', 'cfnlint', 'mlbatch'}))")
+    env = {"PATH": "/usr/bin:/bin", "AWS_DEFAULT_REGION": "us-east-1"}
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=60)
+    assert "cannot create folder /proc/nope" in done.stderr  # it did reach the extractor
+    assert done.stdout.strip() == "['mlbatch']"
+
+
+def test_batch_get_retries_unprocessed_keys_until_all_are_read():
+    """DynamoDB answers a throttled BatchGetItem with UnprocessedKeys: they are asked again."""
+    from mlbatch.extract import batch_get
+
+    class Throttled:
+        def __init__(self):
+            self.requests = []
+
+        def batch_get_item(self, RequestItems):
+            keys = RequestItems["t"]["Keys"]
+            self.requests.append(len(keys))
+            served, left = keys[:2], keys[2:]  # two keys per call, the rest unprocessed
+            return {"Responses": {"t": [{**k, "status": {"S": "SUCCEEDED"}} for k in served]},
+                    "UnprocessedKeys": {"t": {"Keys": left, "ConsistentRead": True}} if left else {}}
+
+    ddb = Throttled()
+    items = batch_get(ddb, "t", [{"lock_key": {"S": f"k{i}"}} for i in range(5)], consistent=True)
+
+    assert sorted(i["lock_key"]["S"] for i in items) == ["k0", "k1", "k2", "k3", "k4"]
+    assert ddb.requests == [5, 3, 1]
+    with pytest.raises(ExtractError, match="still unprocessed"):
+        batch_get(Throttled(), "t", [{"lock_key": {"S": f"k{i}"}} for i in range(5)], max_rounds=2)

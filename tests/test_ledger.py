@@ -13,15 +13,17 @@ LOCK_KEY = "traffic-anomaly#fs-2024-06#2024-02-29T23:53:00Z#2024-03-01T00:05:07.
 
 
 @pytest.fixture(scope="module")
-def adopted():
-    """A second stack deployed onto given tables (created here as the team's existing ones)."""
-    with Sandbox(parameters=GIVEN) as sb:
+def adopted(sandbox):
+    """A second stack, in the same engine, deployed onto given tables (created here as the team's
+    existing ones)."""
+    with Sandbox(engine=sandbox.engine, parameters=GIVEN, stack_name="adopted") as sb:
         sb.put_defaults(load_event("project_defaults"))
         yield sb
 
 
 def test_a_stack_on_given_tables_creates_none_and_uses_them(adopted):
     assert set(adopted.deployment.tables) == {"BackfillRunsTable"}
+    assert adopted.deployment.tables["BackfillRunsTable"] == "adopted-BackfillRunsTable"
     assert adopted.table("LockTable") == GIVEN["ExistingLockTableName"]
     adopted.use_intake("stand-in")
 

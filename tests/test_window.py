@@ -1,11 +1,13 @@
 """The window policy: the rendered ASL agrees with the Python reference, case by case and at random."""
 from __future__ import annotations
 
+import datetime as dt
+
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from mlbatch.window import InvalidTimestamp, minute_table, window_for
+from mlbatch.window import InvalidTimestamp, iso_z, minute_table, window_at, window_for
 
 INVALID = "Intake.InvalidTimestamp"
 
@@ -133,3 +135,32 @@ def test_asl_window_equals_python_reference_on_random_timestamps(sandbox, window
     got = asl_windows(sandbox, window_machine, batch)
     mismatches = [(ts, g, reference(ts)) for ts, g in zip(batch, got) if g != reference(ts)]
     assert not mismatches, mismatches[:10]
+
+
+# --- property: the extractor's table-driven window == the croniter reference ---------------------
+
+def _window_or_invalid(fn, arg):
+    try:
+        return tuple(fn(arg))
+    except InvalidTimestamp:
+        return INVALID
+
+
+@settings(max_examples=300, deadline=None)
+@given(t=st.datetimes(min_value=dt.datetime(1899, 12, 30), max_value=dt.datetime(2400, 1, 2),
+                      timezones=st.sampled_from([dt.timezone.utc, dt.timezone(dt.timedelta(hours=5, minutes=30)),
+                                                 dt.timezone(dt.timedelta(hours=-8))])))
+def test_window_at_equals_the_reference_for_any_instant(t):
+    """window_at (minute table, once per batch folder in the extractor) agrees with window_for
+    (croniter) on every instant, including rollovers, other offsets and the years' edges."""
+    assert _window_or_invalid(window_at, t) == _window_or_invalid(window_for, iso_z(t))
+
+
+def test_window_at_on_the_case_table_edges():
+    cases = [(dt.datetime(2024, 3, 1, 0, 7, 59, 999000, dt.timezone.utc), ("2024-02-29T23:53:00Z", "2024-03-01T00:07:59.999Z")),
+             (dt.datetime(2025, 1, 1, 0, 0, 0, 500000, dt.timezone.utc), ("2024-12-31T23:53:00Z", "2025-01-01T00:00:00.500Z")),
+             (dt.datetime(2024, 5, 17, 10, 8, tzinfo=dt.timezone.utc), ("2024-05-17T10:08:00Z", "2024-05-17T10:08:00Z"))]
+    for t, expected in cases:
+        assert tuple(window_at(t)) == expected == tuple(window_for(iso_z(t)))
+    with pytest.raises(InvalidTimestamp):
+        window_at(dt.datetime(2400, 1, 1, tzinfo=dt.timezone.utc))

@@ -1,4 +1,5 @@
-"""`mlbatch bench`: state transitions, service calls and wall time per intake path."""
+"""`mlbatch bench`: state transitions, service calls and wall time per intake path; the extractor
+and the audit against a plain listing."""
 from __future__ import annotations
 
 import copy
@@ -240,6 +241,9 @@ def _pipeline_before(sb: Sandbox, ref: str, case: str, pipeline_input: dict, exp
         os.unlink(fh.name)
 
 
+BENCH_PROJECT, BENCH_FSV = "traffic-anomaly", "fs-1"
+
+
 def _populate(bucket: str, folders: int, files_per_folder: int = 1) -> int:
     """Write `folders` batch folders (96 a day from 2023-01-01) straight into moto's S3 backend."""
     import datetime as dt
@@ -252,16 +256,51 @@ def _populate(bucket: str, folders: int, files_per_folder: int = 1) -> int:
     for i in range(folders):
         t = start + dt.timedelta(minutes=15 * i)
         for f in range(files_per_folder):
-            key = f"acme/netsec/traffic-anomaly/{t:%Y/%m/%d}/mb-{i:06d}/part-{f}.json.gz"
+            key = f"acme/netsec/{BENCH_PROJECT}/{t:%Y/%m/%d}/mb-{i:06d}/part-{f}.json.gz"
             backend.put_object(bucket, key, b"{}")
             backend.get_object(bucket, key).last_modified = t + dt.timedelta(seconds=30 + f)
             objects += 1
     return objects
 
 
-def _serve_history(sizes: tuple[int, ...], port_queue, stop) -> None:
-    """In a child process: moto's server on 127.0.0.1 holding one bucket per size, so the
-    parent's memory measurement covers the extractor alone."""
+def _seed_ledger(table: str, folders: int) -> None:
+    """Locks for the windows `_populate` creates, straight into moto's DynamoDB backend: per 100
+    folders 90 SUCCEEDED, 4 FAILED, 1 POISONED, 1 IN_PROGRESS and 4 without a lock (MISSING); one
+    in 1,000 is a STUCK lock whose pipeline execution does not exist (a DescribeExecution each)."""
+    import datetime as dt
+
+    from moto.dynamodb.models import dynamodb_backends
+    backend = dynamodb_backends["123456789012"]["us-east-1"]
+    start = dt.datetime(2023, 1, 1, 0, 8)
+    now = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.000Z")
+    for i in range(folders):
+        t = start + dt.timedelta(minutes=15 * i)
+        if i % 1000 == 999:
+            status, attempts, updated = "IN_PROGRESS", 1, "2023-01-01T00:00:00.000Z"
+        elif i % 100 < 90:
+            status, attempts, updated = "SUCCEEDED", 1, now
+        elif i % 100 < 94:
+            status, attempts, updated = "FAILED", 1, now
+        elif i % 100 == 94:
+            status, attempts, updated = "FAILED", 3, now
+        elif i % 100 == 95:
+            status, attempts, updated = "IN_PROGRESS", 1, now
+        else:
+            continue
+        end = f"{t + dt.timedelta(seconds=30):%Y-%m-%dT%H:%M:%S}Z"
+        key = f"{BENCH_PROJECT}#{BENCH_FSV}#{t:%Y-%m-%dT%H:%M:00Z}#{end}"
+        backend.put_item(table, {
+            "lock_key": {"S": key}, "status": {"S": status}, "attempts": {"N": str(attempts)},
+            "mini_batch_id": {"S": f"mb-{i:06d}"}, "updated_at": {"S": updated}, "source": {"S": "backfill"},
+            "pipeline_execution_arn": {"S": f"arn:aws:states:us-east-1:123456789012:execution:bench:mb-{i:06d}"}})
+
+
+def _serve_history(role: str, sizes: tuple[int, ...], port_queue, stop) -> None:
+    """In a child process: moto's server on 127.0.0.1, either holding one bucket per size
+    (role "s3") or the project-defaults table and a lock ledger for the largest size (role
+    "ledger"; Step Functions is asked there too). S3 and DynamoDB are separate services with
+    separate capacity on AWS: served by one process, the ledger's reads would take the listing's
+    CPU, which never happens there. The parent's measurements cover the commands alone."""
     import logging
 
     import boto3
@@ -271,34 +310,109 @@ def _serve_history(sizes: tuple[int, ...], port_queue, stop) -> None:
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
     server.start()
     host, port = server.get_host_and_port()
-    ddb = boto3.client("dynamodb", region_name="us-east-1", endpoint_url=f"http://{host}:{port}",
-                       aws_access_key_id="testing", aws_secret_access_key="testing")
-    ddb.create_table(TableName="bench-defaults", BillingMode="PAY_PER_REQUEST",
-                     KeySchema=[{"AttributeName": "project_name", "KeyType": "HASH"}],
-                     AttributeDefinitions=[{"AttributeName": "project_name", "AttributeType": "S"}])
-    ddb.put_item(TableName="bench-defaults", Item={"project_name": {"S": "traffic-anomaly"},
-                                                    "feature_spec_version": {"S": "fs-1"}})
-    port_queue.put((f"http://{host}:{port}", {n: _populate(f"bench-{n}", n) for n in sizes}))
+    endpoint = f"http://{host}:{port}"
+    if role == "s3":
+        port_queue.put((role, endpoint, {n: _populate(f"bench-{n}", n) for n in sizes}))
+    else:
+        ddb = boto3.client("dynamodb", region_name="us-east-1", endpoint_url=endpoint,
+                           aws_access_key_id="testing", aws_secret_access_key="testing")
+        for table, key in (("bench-defaults", "project_name"), ("bench-locks", "lock_key")):
+            ddb.create_table(TableName=table, BillingMode="PAY_PER_REQUEST",
+                             KeySchema=[{"AttributeName": key, "KeyType": "HASH"}],
+                             AttributeDefinitions=[{"AttributeName": key, "AttributeType": "S"}])
+        ddb.put_item(TableName="bench-defaults", Item={"project_name": {"S": BENCH_PROJECT},
+                                                        "feature_spec_version": {"S": BENCH_FSV}})
+        _seed_ledger("bench-locks", max(sizes))
+        port_queue.put((role, endpoint, None))
     stop.wait(3600)
     server.stop()
 
 
-def bench_extractor(sizes: tuple[int, ...] = (3_500, 17_520, 35_040),
+#: The baseline `mlbatch extract` is held to: a plain sequential ListObjectsV2 walk of the same
+#: prefix, writing the keys, in a process of its own (start-up included, as for the command).
+_WALK = """
+import sys
+import boto3
+bucket, prefix, out = sys.argv[1:4]
+s3, kwargs, calls = boto3.client("s3"), {"Bucket": bucket, "Prefix": prefix}, 0
+with open(out, "w") as fh:
+    while True:
+        page = s3.list_objects_v2(**kwargs)
+        calls += 1
+        fh.writelines(o["Key"] + "\\n" for o in page.get("Contents", ()))
+        if not page.get("NextContinuationToken"):
+            break
+        kwargs["ContinuationToken"] = page["NextContinuationToken"]
+print(calls, file=sys.stderr)
+"""
+
+
+#: Runs a command in a child of a small process, so that the child's peak RSS (ru_maxrss, which
+#: survives exec) and CPU time are its own and not the benchmarking parent's.
+_LAUNCH = """
+import os, sys
+pid = os.fork()
+if pid == 0:
+    os.execv(sys.argv[2], sys.argv[2:])
+_, status, usage = os.wait4(pid, 0)
+with open(sys.argv[1], "w") as fh:
+    fh.write(f"{usage.ru_maxrss} {usage.ru_utime + usage.ru_stime}")
+sys.exit(os.waitstatus_to_exitcode(status))
+"""
+
+
+def _timed(argv: list[str], env: dict[str, str]) -> tuple[float, float, float, int, str]:
+    """Run a process to its end: (wall seconds, its own peak RSS in MiB, its CPU seconds, exit code,
+    stderr)."""
+    import subprocess
+    import tempfile
+    import time
+
+    with tempfile.TemporaryFile("w+") as err, tempfile.NamedTemporaryFile("r") as rss:
+        began = time.perf_counter()
+        done = subprocess.run([sys.executable, "-S", "-c", _LAUNCH, rss.name, *argv], env=env,
+                              stdout=subprocess.DEVNULL, stderr=err, text=True)
+        seconds = time.perf_counter() - began
+        err.seek(0)
+        maxrss, cpu = (rss.read().split() or ["0", "0"])
+        return seconds, int(maxrss) / 1024, float(cpu), done.returncode, err.read()
+
+
+def _cpu_seconds(pid: int) -> float:
+    """CPU seconds a process has used (Linux /proc; 0 elsewhere): what a server spent on a run,
+    whatever else the machine was doing."""
+    import os
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            fields = fh.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        return 0.0
+
+
+def bench_extractor(sizes: tuple[int, ...] = (3_500, 20_000, 35_040), repeats: int = 2,
                     progress: Callable[[str], None] | None = None) -> list[dict]:
-    """The extractor against moto's threaded server (another process, over HTTP on 127.0.0.1):
-    API calls against the floor, HeadObject calls, folders per minute, peak memory."""
+    """`mlbatch extract` and `mlbatch audit` against moto's threaded servers (S3 in one process, the
+    ledger in another, over HTTP on 127.0.0.1), next to a plain ListObjectsV2 walk of the same keys.
+
+    Per size and command: API calls against their floors (ListObjectsV2 ceil(objects/1000), the
+    ledger's BatchGetItem ceil(units/100)) and HeadObject calls, counted in-process, with the
+    peak Python memory (tracemalloc); wall time, folders per minute, peak RSS and CPU time from each
+    command run as a process of its own, start-up included, the three run side by side `repeats`
+    times (the best run counts), with the CPU each server spent on that run. `ratio`: extract
+    against the walk, audit against extract."""
     import datetime as dt
     import logging
     import math
     import multiprocessing
     import os
     import tempfile
-    import time
     import tracemalloc
     from collections import Counter
 
     import boto3
 
+    from .audit import run_audit
     from .extract import Extractor, write_units
 
     progress = progress or (lambda msg: print(msg, file=sys.stderr))
@@ -307,36 +421,99 @@ def bench_extractor(sizes: tuple[int, ...] = (3_500, 17_520, 35_040),
     logging.getLogger("werkzeug").setLevel(logging.ERROR)
     ctx = multiprocessing.get_context("spawn")
     ports, stop = ctx.Queue(), ctx.Event()
-    child = ctx.Process(target=_serve_history, args=(sizes, ports, stop), daemon=True)
-    child.start()
+    children = [ctx.Process(target=_serve_history, args=(role, sizes, ports, stop), daemon=True)
+                for role in ("s3", "ledger")]
+    for child in children:
+        child.start()
     rows = []
     try:
-        endpoint, objects_by_size = ports.get(timeout=600)
+        served = {role: (endpoint, extra) for role, endpoint, extra in (ports.get(timeout=900) for _ in children)}
+        (s3_endpoint, objects_by_size), (ledger_endpoint, _) = served["s3"], served["ledger"]
+        endpoints = {"s3": s3_endpoint, "dynamodb": ledger_endpoint, "stepfunctions": ledger_endpoint}
+        env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_ENDPOINT_URL")}
+        env.update(AWS_ENDPOINT_URL_S3=s3_endpoint, AWS_ENDPOINT_URL_DYNAMODB=ledger_endpoint,
+                   AWS_ENDPOINT_URL_SFN=ledger_endpoint, AWS_DEFAULT_REGION="us-east-1",
+                   AWS_ACCESS_KEY_ID="testing", AWS_SECRET_ACCESS_KEY="testing")
+
+        def client(service: str, calls: Counter | None = None):
+            c = boto3.client(service, region_name="us-east-1", endpoint_url=endpoints[service])
+            if calls is not None:
+                c.meta.events.register(f"before-call.{c.meta.service_model.endpoint_prefix}.*",
+                                       lambda model, **kw: calls.update([model.name]))
+            return c
+
         for folders in sizes:
-            calls: Counter = Counter()
-            s3 = boto3.client("s3", region_name="us-east-1", endpoint_url=endpoint)
-            s3.meta.events.register("before-call.s3.*", lambda model, **kw: calls.update([model.name]))
-            ex = Extractor(f"bench-{folders}", "bench-defaults", s3=s3, workers=8,
-                           dynamodb=boto3.client("dynamodb", region_name="us-east-1", endpoint_url=endpoint))
+            bucket, objects = f"bench-{folders}", objects_by_size[folders]
             last = dt.date(2023, 1, 1) + dt.timedelta(days=math.ceil(folders / 96) - 1)
-            tracemalloc.start()
-            began = time.perf_counter()
-            with tempfile.TemporaryFile("w+") as out:
-                write_units(ex.lines(dt.date(2023, 1, 1), last), out)
-            seconds = time.perf_counter() - began
-            _, peak = tracemalloc.get_traced_memory()
-            tracemalloc.stop()
-            progress(f"bench: extractor {folders} folders done in {seconds:.1f}s")
-            objects = objects_by_size[folders]
-            rows.append({"folders": ex.report.folders, "objects": objects,
-                         "list_calls": calls["ListObjectsV2"] - ex.report.api_calls["ListObjectsV2 (discovery)"],
-                         "list_floor": math.ceil(objects / 1000),
-                         "discovery_calls": ex.report.api_calls["ListObjectsV2 (discovery)"],
-                         "head_calls": calls["HeadObject"], "folders_per_min": round(ex.report.folders / seconds * 60),
-                         "peak_mib": round(peak / 2**20, 1)})
+            dates = ["--from", "2023-01-01", "--to", f"{last}", "--prefix", "acme/netsec", "--project", BENCH_PROJECT]
+
+            # in-process: calls against the floors, peak Python memory
+            measured = {}
+            for command in ("extract", "audit"):
+                calls: Counter = Counter()
+                s3, ddb = client("s3", calls), client("dynamodb", calls)
+                tracemalloc.start()
+                with tempfile.TemporaryFile("w+") as out:
+                    if command == "extract":
+                        ex = Extractor(bucket, "bench-defaults", s3=s3, dynamodb=ddb, workers=8)
+                        write_units(ex.lines(dt.date(2023, 1, 1), last, "acme/netsec", [BENCH_PROJECT]), out)
+                        units = ex.report.units
+                    else:
+                        summary = run_audit(bucket, dt.date(2023, 1, 1), last, lock_table="bench-locks",
+                                            defaults_table="bench-defaults", prefix="acme/netsec",
+                                            projects=[BENCH_PROJECT], output=out, s3=s3, dynamodb=ddb,
+                                            sfn=client("stepfunctions", calls)).summary
+                        units = summary["units"]
+                _, peak = tracemalloc.get_traced_memory()
+                tracemalloc.stop()
+                ledger_calls = calls["BatchGetItem"] - 1  # the defaults read is one BatchGetItem
+                measured[command] = {"folders": folders, "objects": objects, "list_calls": calls["ListObjectsV2"],
+                                     "list_floor": math.ceil(objects / 1000),
+                                     "ledger_calls": ledger_calls if command == "audit" else 0,
+                                     "ledger_floor": math.ceil(units / 100) if command == "audit" else 0,
+                                     "head_calls": calls["HeadObject"], "peak_py_mib": round(peak / 2**20, 1)}
+
+            # side by side, each a process of its own: wall time and peak RSS, start-up included
+            best: dict[str, tuple[float, float]] = {}
+            walk_calls = 0
+            with tempfile.TemporaryDirectory() as tmp:
+                argv = {
+                    "walk": [sys.executable, "-c", _WALK, bucket, f"acme/netsec/{BENCH_PROJECT}/", f"{tmp}/keys"],
+                    "extract": [sys.executable, "-m", "mlbatch.cli", "extract", "--bucket", bucket, *dates,
+                                "--defaults-table", "bench-defaults", "--output", f"{tmp}/units.jsonl", "--quiet"],
+                    "audit": [sys.executable, "-m", "mlbatch.cli", "audit", "--bucket", bucket, *dates,
+                              "--defaults-table", "bench-defaults", "--lock-table", "bench-locks",
+                              "--output", f"{tmp}/audit.jsonl", "--quiet", "--json"]}
+                for _ in range(repeats):
+                    for name, args in argv.items():
+                        before = [_cpu_seconds(child.pid) for child in children]
+                        seconds, rss, cpu, code, err = _timed(args, env)
+                        served = [_cpu_seconds(child.pid) - b for child, b in zip(children, before)]
+                        if code != {"walk": 0, "extract": 0, "audit": 3}[name]:
+                            raise RuntimeError(f"bench: {name} exited {code}: {err[-2000:]}")
+                        if name == "walk":
+                            walk_calls = int(err.split()[-1])
+                        if seconds < best.get(name, (float("inf"),))[0]:
+                            best[name] = (seconds, rss, cpu, *served)
+            progress(f"bench: extractor/audit {folders} folders: walk {best['walk'][0]:.1f}s, "
+                     f"extract {best['extract'][0]:.1f}s, audit {best['audit'][0]:.1f}s")
+
+            def timing(name: str, against: str | None) -> dict:
+                seconds, rss, cpu, s3_cpu, ledger_cpu = best[name]
+                return {"wall_s": round(seconds, 2), "folders_per_min": round(folders / seconds * 60),
+                        "peak_rss_mib": round(rss, 1), "cpu_s": round(cpu, 1), "s3_server_cpu_s": round(s3_cpu, 1),
+                        "ledger_server_cpu_s": round(ledger_cpu, 1),
+                        "ratio": f"{seconds / best[against][0]:.2f}x {against}" if against else "1.00x walk"}
+
+            rows.append({"command": "ListObjectsV2 walk", "folders": folders, "objects": objects,
+                         "list_calls": walk_calls, "list_floor": math.ceil(objects / 1000), "ledger_calls": 0,
+                         "ledger_floor": 0, "head_calls": 0, "peak_py_mib": "-", **timing("walk", None)})
+            rows.append({"command": "mlbatch extract", **measured["extract"], **timing("extract", "walk")})
+            rows.append({"command": "mlbatch audit", **measured["audit"], **timing("audit", "extract")})
     finally:
         stop.set()
-        child.join(30)
+        for child in children:
+            child.join(30)
     return rows
 
 

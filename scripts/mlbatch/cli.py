@@ -1,4 +1,4 @@
-"""The `mlbatch` command: render | run | extract | replay | locks | defaults | bench | local."""
+"""The `mlbatch` command: render | run | extract | audit | replay | locks | defaults | bench | local."""
 from __future__ import annotations
 
 import argparse
@@ -206,30 +206,62 @@ def cmd_bench(args) -> int:
     return 0
 
 
-def cmd_extract(args) -> int:
-    """Historical extractor: batch folders in S3 over a date range -> execution units (JSON Lines)."""
+def _usage(command: str, message: str) -> int:
+    """A semantic usage error (argparse cannot see it): the message, exit code 2."""
+    print(f"mlbatch {command}: error: {message}", file=sys.stderr)
+    return 2
+
+
+def _int_at_least(low: int):
+    """An argparse type: an integer >= low (a usage error, exit 2, otherwise)."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"must be at least {low}, got {value}")
+        return value
+    return parse
+
+
+def _date_range(command: str, args):
+    """(first, last) from --from/--to, or the usage error's exit code (bad date, from after to)."""
     import datetime as dt
-    import itertools
-
-    from .extract import ExtractError, Extractor, open_output, write_units
-
-    def progress(msg: str) -> None:
-        if not args.quiet:
-            print(msg, end="", file=sys.stderr, flush=True)
     try:
         first, last = (dt.date.fromisoformat(v) for v in (args.date_from, args.date_to))
     except ValueError as exc:
-        print(f"mlbatch extract: --from/--to must be YYYY-MM-DD: {exc}", file=sys.stderr)
-        return 2
+        return _usage(command, f"--from/--to must be YYYY-MM-DD: {exc}")
+    if last < first:
+        return _usage(command, f"--from {first} is after --to {last}")
+    return first, last
+
+
+def cmd_extract(args) -> int:
+    """Historical extractor: batch folders in S3 over a date range -> execution units (JSON Lines)."""
+    import itertools
+
+    from .extract import ExtractError, Extractor, Progress, open_output, write_units
+
+    dates = _date_range("extract", args)
+    if isinstance(dates, int):
+        return dates
+    first, last = dates
+    if not args.dry_run and not args.output:
+        return _usage("extract", "--output is required (a path, '-' or s3://bucket/key)")
     # in the backfill's processing job, optional filters arrive as environment variables
     args.prefix = args.prefix or os.environ.get("MLBATCH_EXTRACT_PREFIX") or None
     args.project = args.project or [p for p in os.environ.get("MLBATCH_EXTRACT_PROJECTS", "").split(",") if p]
-    ex = Extractor(args.bucket, args.defaults_table, representative=args.representative,
-                   strict=args.strict, workers=args.workers, progress=progress)
+    progress = Progress(enabled=not args.quiet)
     try:
+        ex = Extractor(args.bucket, args.defaults_table, representative=args.representative,
+                       strict=args.strict, workers=args.workers, progress=progress,
+                       suspect_after_days=args.suspect_after_days,
+                       warn=lambda msg: print(f"mlbatch extract: warning: {msg}", file=sys.stderr))
         if args.dry_run:
             for (project, day), group in itertools.groupby(
-                    ex.units(first, last, args.prefix, args.project or None), key=lambda u: (u["project_name"], u["mini_batch_s3_prefix"].split("/")[-5:-2])):
+                    ex.units(first, last, args.prefix, args.project or None),
+                    key=lambda u: (u["project_name"], u["mini_batch_s3_prefix"].split("/")[-5:-2])):
                 group = list(group)
                 row = {"project_name": project, "day": "-".join(day), "units": len(group)}
                 if args.lock_table:
@@ -237,16 +269,157 @@ def cmd_extract(args) -> int:
                     ex.report.already_succeeded += row["already_succeeded"]
                 print(json.dumps(row))
         else:
-            if not args.output:
-                print("mlbatch extract: --output is required (a path, '-' or s3://bucket/key)", file=sys.stderr)
-                return 2
-            with open_output(args.output) as out:
+            with open_output(args.output) as out:  # checked (writable path, existing bucket) before the listing
                 write_units(ex.lines(first, last, args.prefix, args.project or None), out)
     except ExtractError as exc:
+        progress.done()
         print(f"mlbatch extract: {exc}", file=sys.stderr)
         return 1
+    progress.done()
     print(json.dumps({"summary": ex.report.as_dict()}), file=sys.stderr)
     return 0
+
+
+def _extract_parser(sub) -> None:
+    p = sub.add_parser("extract", help=cmd_extract.__doc__, description=cmd_extract.__doc__,
+                       formatter_class=argparse.RawDescriptionHelpFormatter,
+                       epilog="example:\n  mlbatch extract --bucket ingest --from 2024-01-01 --to 2024-12-31 \\\n"
+                              "      --defaults-table mlbatch-ProjectDefaults --output s3://artifacts/units.jsonl\n"
+                              "exit codes: 0 done, 1 extraction failed (message on stderr), 2 bad arguments")
+    p.add_argument("--bucket", required=True, help="the ingestion bucket")
+    p.add_argument("--from", dest="date_from", required=True, help="first path date, YYYY-MM-DD")
+    p.add_argument("--to", dest="date_to", required=True, help="last path date, YYYY-MM-DD (inclusive)")
+    p.add_argument("--prefix", help="org1/org2 (default: discover every org pair)")
+    p.add_argument("--project", action="append", help="a project (repeatable; default: discover)")
+    p.add_argument("--defaults-table", required=True, help="project-defaults table (feature_spec_version)")
+    p.add_argument("--output", help="a path, '-' for stdout, or s3://bucket/key (checked before the listing)")
+    p.add_argument("--representative", choices=["earliest", "latest"], default="earliest",
+                   help="which object's LastModified stands for the batch (default earliest)")
+    p.add_argument("--suspect-after-days", type=_int_at_least(0), default=2, metavar="N",
+                   help="flag a unit (timestamp_suspect) whose LastModified is before its folder's date or "
+                        "more than N days after it (default 2)")
+    p.add_argument("--strict", action="store_true",
+                   help="fatal (exit 1, no output published): an unknown project, or any suspect LastModified")
+    p.add_argument("--dry-run", action="store_true", help="print the plan per project and day; write nothing")
+    p.add_argument("--lock-table", help="with --dry-run: count windows already SUCCEEDED")
+    p.add_argument("--workers", type=_int_at_least(1), default=8, help="date spans listed in parallel (default 8)")
+    p.add_argument("--quiet", action="store_true", help="no progress on stderr")
+    p.set_defaults(func=cmd_extract)
+
+
+def cmd_audit(args) -> int:
+    """Is everything processed? Batch folders in S3 over a date range joined with the lock ledger:
+    one JSON line per unit with its state, a summary per project and day; with --manifest, the
+    heal: stuck locks whose pipeline ended are released and the units to heal are written as a
+    backfill manifest."""
+    import contextlib
+
+    from .audit import DEFAULT_MAX_ATTEMPTS, DEFAULT_STUCK_AFTER_MINUTES, run_audit, summary_table
+    from .extract import ExtractError, Progress, check_output, open_output
+
+    dates = _date_range("audit", args)
+    if isinstance(dates, int):
+        return dates
+    defaults_table = args.defaults_table or os.environ.get("MLBATCH_DEFAULTS_TABLE")
+    lock_table = args.lock_table or os.environ.get("MLBATCH_LOCK_TABLE")
+    if not defaults_table:
+        return _usage("audit", "name the project-defaults table with --defaults-table or MLBATCH_DEFAULTS_TABLE "
+                               "(the stack's ProjectDefaultsTableName output)")
+    if not lock_table:
+        return _usage("audit", "name the lock table with --lock-table or MLBATCH_LOCK_TABLE "
+                               "(the stack's LockTableName output)")
+    progress = Progress(enabled=not args.quiet)
+
+    def warn(msg: str) -> None:
+        print(f"mlbatch audit: warning: {msg}", file=sys.stderr)
+    try:
+        with contextlib.ExitStack() as stack:  # outputs are checked before any listing
+            out = stack.enter_context(open_output(args.output))
+            manifest = None
+            if args.manifest and args.dry_run:
+                check_output(args.manifest, what="--manifest")
+            elif args.manifest:
+                manifest = stack.enter_context(open_output(args.manifest, what="--manifest"))
+            result = run_audit(
+                args.bucket, *dates, lock_table=lock_table, defaults_table=defaults_table, prefix=args.prefix,
+                projects=args.project, output=out, manifest=manifest, dry_run=args.dry_run,
+                stuck_after_minutes=args.stuck_after or DEFAULT_STUCK_AFTER_MINUTES,
+                max_attempts=args.max_attempts or DEFAULT_MAX_ATTEMPTS, suspect_after_days=args.suspect_after_days,
+                strict=args.strict, workers=args.workers, progress=progress, warn=warn)
+    except ExtractError as exc:
+        progress.done()
+        print(f"mlbatch audit: {exc}", file=sys.stderr)
+        return 1
+    progress.done()
+    summary = result.summary
+    if args.json:
+        print(json.dumps({"summary": summary}))
+    else:
+        print(summary_table(summary), file=sys.stderr)
+    if args.manifest:
+        heal = (f"{summary['manifest_units']} units to heal" if not args.dry_run else
+                f"{summary['healable']} units would be healed")
+        if args.dry_run:
+            print(f"mlbatch audit: dry run, nothing written: {heal} (stuck locks would be released first); "
+                  f"run again without --dry-run to write {args.manifest}", file=sys.stderr)
+        else:
+            print(f"mlbatch audit: {heal} written to {args.manifest} ({summary['stuck_locks_released']} stuck locks "
+                  f"released as Audit.Stuck)", file=sys.stderr)
+            if summary["stuck_release_races"]:
+                print(f"mlbatch audit: {summary['stuck_release_races']} stuck locks changed while the audit ran and "
+                      "were left alone (not in the manifest); audit again", file=sys.stderr)
+            if summary["manifest_units"]:
+                where = (json.dumps({"manifest": dict(zip(("bucket", "key"), args.manifest[5:].split("/", 1)))})
+                         if args.manifest.startswith("s3://") else
+                         '{"manifest": {"bucket": "<ArtifactsBucketName>", "key": "<key>"}} after uploading it')
+                print(f"mlbatch audit: heal: start the backfill state machine with {where}", file=sys.stderr)
+    elif summary["healable"]:
+        print(f"mlbatch audit: {summary['healable']} units can be healed: add --manifest FILE|s3://bucket/key",
+              file=sys.stderr)
+    return result.exit_code
+
+
+def _audit_parser(sub) -> None:
+    from .settings import MAX_ATTEMPTS as DEFAULT_MAX_ATTEMPTS, STUCK_AFTER_MINUTES as DEFAULT_STUCK_AFTER_MINUTES
+    p = sub.add_parser(
+        "audit", help="Is everything processed? S3 batch folders against the lock ledger; --manifest heals",
+        description=cmd_audit.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="examples:\n"
+               "  mlbatch audit --bucket ingest --from 2024-03-01 --to 2024-03-07 --lock-table mlbatch-Locks \\\n"
+               "      --defaults-table mlbatch-ProjectDefaults > audit.jsonl\n"
+               "  mlbatch audit ... --manifest s3://<ArtifactsBucketName>/backfill/heal-2024-03.jsonl   # the heal\n"
+               "  jq -c 'select(.state == \"MISSING\")' audit.jsonl\n"
+               "states: SUCCEEDED IN_PROGRESS STUCK FAILED POISONED MISSING COLLISION UNKNOWN_STATUS UNKNOWN_PROJECT\n"
+               "exit codes: 0 every unit SUCCEEDED or IN_PROGRESS, 3 gaps (any other state), 1 error, 2 usage\n"
+               "guide: docs/audit.md")
+    p.add_argument("--bucket", required=True, help="the ingestion bucket")
+    p.add_argument("--from", dest="date_from", required=True, help="first path date, YYYY-MM-DD")
+    p.add_argument("--to", dest="date_to", required=True, help="last path date, YYYY-MM-DD (inclusive)")
+    p.add_argument("--prefix", help="org1/org2 (default: discover every org pair)")
+    p.add_argument("--project", action="append", help="a project (repeatable; default: discover)")
+    p.add_argument("--defaults-table", help="project-defaults table (default: $MLBATCH_DEFAULTS_TABLE)")
+    p.add_argument("--lock-table", help="lock table (default: $MLBATCH_LOCK_TABLE)")
+    p.add_argument("--output", default="-", help="the unit lines: a path, '-' (stdout, default) or s3://bucket/key")
+    p.add_argument("--manifest", metavar="FILE|s3://bucket/key",
+                   help="the heal: release stuck locks whose pipeline ended, write the units to heal as a backfill "
+                        "manifest")
+    p.add_argument("--dry-run", action="store_true", help="with --manifest: write nothing, say what the heal would do")
+    p.add_argument("--stuck-after", type=_int_at_least(1), metavar="MINUTES",
+                   help=f"an IN_PROGRESS lock not updated for this long is STUCK (default "
+                        f"{DEFAULT_STUCK_AFTER_MINUTES}: the pipeline's timeout plus a margin)")
+    p.add_argument("--max-attempts", type=_int_at_least(1), metavar="N",
+                   help=f"a FAILED window with this many attempts is POISONED, never healed (default "
+                        f"{DEFAULT_MAX_ATTEMPTS})")
+    p.add_argument("--suspect-after-days", type=_int_at_least(0), default=2, metavar="N",
+                   help="flag a unit (timestamp_suspect) whose LastModified is before its folder's date or "
+                        "more than N days after it (default 2)")
+    p.add_argument("--strict", action="store_true",
+                   help="a suspect LastModified is fatal: such units are not reported, exit 1, no manifest")
+    p.add_argument("--json", action="store_true", help="the summary as one JSON object on stdout after the lines "
+                                                       "(instead of the table on stderr)")
+    p.add_argument("--workers", type=_int_at_least(1), default=8, help="date spans listed in parallel (default 8)")
+    p.add_argument("--quiet", action="store_true", help="no progress on stderr")
+    p.set_defaults(func=cmd_audit)
 
 
 def _table_arg(args, kind: str) -> str:
@@ -492,26 +665,8 @@ def main(argv: list[str] | None = None) -> int:
                        epilog="example: mlbatch render --check   # exit 1 names stale files")
     p.add_argument("--check", action="store_true", help="change nothing; exit 1 if any rendered file is stale")
     p.set_defaults(func=cmd_render)
-    p = sub.add_parser("extract", help=cmd_extract.__doc__, description=cmd_extract.__doc__,
-                       formatter_class=argparse.RawDescriptionHelpFormatter,
-                       epilog="example:\n  mlbatch extract --bucket ingest --from 2024-01-01 --to 2024-12-31 \\\n"
-                              "      --defaults-table mlbatch-ProjectDefaults --output s3://artifacts/units.jsonl\n"
-                              "exit codes: 0 done, 1 extraction failed (message on stderr), 2 bad arguments")
-    p.add_argument("--bucket", required=True, help="the ingestion bucket")
-    p.add_argument("--from", dest="date_from", required=True, help="first path date, YYYY-MM-DD")
-    p.add_argument("--to", dest="date_to", required=True, help="last path date, YYYY-MM-DD (inclusive)")
-    p.add_argument("--prefix", help="org1/org2 (default: discover every org pair)")
-    p.add_argument("--project", action="append", help="a project (repeatable; default: discover)")
-    p.add_argument("--defaults-table", required=True, help="project-defaults table (feature_spec_version)")
-    p.add_argument("--output", help="a path, '-' for stdout, or s3://bucket/key")
-    p.add_argument("--representative", choices=["earliest", "latest"], default="earliest",
-                   help="which object's LastModified stands for the batch (default earliest)")
-    p.add_argument("--strict", action="store_true", help="an unknown project is fatal instead of skipped")
-    p.add_argument("--dry-run", action="store_true", help="print the plan per project and day; write nothing")
-    p.add_argument("--lock-table", help="with --dry-run: count windows already SUCCEEDED")
-    p.add_argument("--workers", type=int, default=8, help="date spans listed in parallel (default 8)")
-    p.add_argument("--quiet", action="store_true", help="no progress on stderr")
-    p.set_defaults(func=cmd_extract)
+    _extract_parser(sub)
+    _audit_parser(sub)
     p = sub.add_parser("defaults", help=_summary(cmd_defaults), description=_doc(cmd_defaults),
                        formatter_class=argparse.RawDescriptionHelpFormatter,
                        epilog="examples:\n  mlbatch defaults check sam/project-defaults/*.json\n"
@@ -624,10 +779,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def _run(args) -> int:
     """Run the command; a user error becomes one line on stderr and exit 1 (a bug keeps its traceback)."""
-    from .engine.harness import DeployError
-    from .failures import explain
-    from .local import LocalError
-    from .operator import OperatorError
+    from .failures import explain  # user errors subclass failures.Failure: nothing heavy to import here
     try:
         return args.func(args)
     except KeyboardInterrupt:
@@ -636,8 +788,6 @@ def _run(args) -> int:
     except BrokenPipeError:  # `mlbatch ... | head`: the reader has what it wanted
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit
         return 141
-    except (OperatorError, LocalError, DeployError) as exc:
-        message = str(exc)
     except Exception as exc:
         message = explain(exc)
         if message is None:

@@ -23,6 +23,7 @@ from pathlib import Path
 
 import boto3
 
+from .failures import Failure
 from .engine.harness import Deployment, Engine
 from .items import to_item
 from .sandbox import EXAMPLE_PARAMETERS, MOCK_CONFIG, load_event
@@ -44,7 +45,7 @@ _TABLE_VARS = {"LockTable": "MLBATCH_LOCK_TABLE", "ProjectDefaultsTable": "MLBAT
 _PARAMETER_BUCKETS = {"IngestionBucketName": "MLBATCH_INGEST_BUCKET", "OutputBucketName": "MLBATCH_OUTPUT_BUCKET"}
 
 
-class LocalError(Exception):
+class LocalError(Failure):
     """The local stack cannot be started, reached or deployed; the message says what to do."""
 
 

@@ -10,6 +10,7 @@ from typing import Any
 
 import boto3
 
+from .failures import Failure
 from .defaults import problems
 from .items import from_item, to_item
 
@@ -17,7 +18,7 @@ __all__ = ["OperatorError", "list_locks", "show_lock", "ResetPlan", "plan_reset"
            "pipeline_status", "replay_name", "plan_replay", "start_replay", "redrive", "put_defaults"]
 
 
-class OperatorError(Exception):
+class OperatorError(Failure):
     """What the operator asked for cannot be done; the message says why and what to do."""
 
 

@@ -50,9 +50,12 @@ class Sandbox:
     """Engine + deployment; use as a context manager."""
 
     def __init__(self, engine: Engine | None = None, parameters: dict[str, str] | None = None,
-                 template_path: Path | None = None):
+                 template_path: Path | None = None, stack_name: str = "mlbatch"):
+        """`engine`: the engine to use; one already running (entered) is left running on exit, so a
+        second stack can deploy into it. `stack_name` prefixes every name."""
         self.engine = engine or Engine()
-        self.template = load(template_path, {**EXAMPLE_PARAMETERS, **(parameters or {})})
+        self._owns_engine = not hasattr(self.engine, "sfn")  # not entered yet: this sandbox runs it
+        self.template = load(template_path, {**EXAMPLE_PARAMETERS, **(parameters or {})}).with_stack_name(stack_name)
         self.deployment: Deployment | None = None
         self._intakes: dict[tuple[str, str], str] = {}
         #: the intake `intake()` runs, and the pipeline it starts (see use_intake)
@@ -61,7 +64,8 @@ class Sandbox:
 
     def __enter__(self) -> "Sandbox":
         os.environ.setdefault("SFN_MOCK_CONFIG", str(MOCK_CONFIG))
-        self.engine.__enter__()
+        if self._owns_engine:
+            self.engine.__enter__()
         # what the stack is given (its parameters) exists in the account before it deploys:
         # the buckets, and the lock and defaults tables a team brings instead of creating them
         for param in ("IngestionBucketName", "OutputBucketName"):
@@ -76,7 +80,8 @@ class Sandbox:
         return self
 
     def __exit__(self, *exc) -> None:
-        self.engine.__exit__(*exc)
+        if self._owns_engine:
+            self.engine.__exit__(*exc)
 
     # --- resources ------------------------------------------------------------------------
 
@@ -103,13 +108,13 @@ class Sandbox:
         if key not in self._intakes:
             target = self.pipeline_arn
             if pipeline == "stand-in" and not any(key[0] == "stand-in" for key in self._intakes):
-                self.engine.create_machine("mlbatch-pipeline-stand-in", STAND_IN_PIPELINE)
+                self.engine.create_machine(f"{self.template.stack_name}-pipeline-stand-in", STAND_IN_PIPELINE)
             if pipeline == "stand-in":
                 target = self._stand_in
             subs = {"PipelineStateMachineArn": target + (f"#{case}" if case else ""),
                     "PipelineExecutionArnPrefix": target.replace(":stateMachine:", ":execution:")}
             self._intakes[key] = self.engine.create_machine(
-                f"mlbatch-intake-{pipeline}-{case or 'live'}",
+                f"{self.template.stack_name}-intake-{pipeline}-{case or 'live'}",
                 self.template.definition("IntakeStateMachine", subs))
         return self._intakes[key]
 
@@ -120,7 +125,8 @@ class Sandbox:
         if key not in self._intakes:
             definition = self.template.definition(
                 "BackfillStateMachine", {"PipelineStateMachineArn": f"{self.pipeline_arn}#{case}"})
-            self._intakes[key] = self.engine.create_machine(f"mlbatch-backfill-{case}", definition)
+            self._intakes[key] = self.engine.create_machine(f"{self.template.stack_name}-backfill-{case}",
+                                                            definition)
         return self._intakes[key]
 
     def use_intake(self, pipeline: str = "pipeline", case: str | None = None) -> None:
@@ -131,7 +137,8 @@ class Sandbox:
 
     @property
     def _stand_in(self) -> str:
-        return f"arn:aws:states:{self.template.region}:{self.template.account}:stateMachine:mlbatch-pipeline-stand-in"
+        t = self.template
+        return f"arn:aws:states:{t.region}:{t.account}:stateMachine:{t.stack_name}-pipeline-stand-in"
 
     def emit_status_change(self, execution_arn: str, status: str | None = None) -> list[str]:
         """Play EventBridge: the "Step Functions Execution Status Change" event of an ended

@@ -21,6 +21,7 @@ from typing import Any
 import boto3
 from botocore.config import Config
 
+from ..failures import Failure
 from ..settings import ENDPOINT_ENV, REGION
 from ..template import Template
 from . import fixes
@@ -42,7 +43,7 @@ _TERMINAL = {"SUCCEEDED", "FAILED", "TIMED_OUT", "ABORTED"}
 _IN_PROCESS = Config(ignore_configured_endpoint_urls=True)
 
 
-class DeployError(Exception):
+class DeployError(Failure):
     """A resource of the same name exists but cannot be reused (say, a table with another key)."""
 
 
