@@ -380,3 +380,47 @@ def test_audit_lists_folders_exactly_as_extract_does(ingest):
     audited = audit(ingest).lines
     assert [{k: line[k] for k in UNIT_FIELDS} for line in audited if line["state"] != "UNKNOWN_PROJECT"] == extracted
     assert ex.report.api_calls["ListObjectsV2"] == audit(ingest).summary["extract"]["api_calls"]["ListObjectsV2"]
+
+
+# --- the heal, through the backfill ------------------------------------------------------------------
+
+def test_a_heal_through_the_backfill_leaves_no_gap(live):
+    # GIVEN a day of batches in the ingestion bucket: one done, one never run, one failed, one stuck
+    # behind a pipeline execution that has ended
+    from moto.s3.models import s3_backends
+    from mlbatch.window import window_at
+    ingest, project = live.template.parameters["IngestionBucketName"], "heal-proj"
+    live.put_defaults({**load_event("project_defaults"), "project_name": project, "feature_spec_version": "fs-h"})
+    s3 = boto3.client("s3", region_name="us-east-1")
+    states = {"mb-done": "SUCCEEDED", "mb-never": None, "mb-failed": "FAILED", "mb-stuck": "IN_PROGRESS"}
+    ended = live.engine.run(live.pipeline_arn, {"not": "a pipeline input"})  # ends FAILED at once
+    for hour, (batch, status) in enumerate(states.items(), start=1):
+        key = f"acme/netsec/{project}/2024/06/01/{batch}/part-0.json.gz"
+        s3.put_object(Bucket=ingest, Key=key, Body=b"{}")
+        when = dt.datetime(2024, 6, 1, hour, 10)
+        s3_backends["123456789012"]["aws"].get_object(ingest, key).last_modified = when
+        if status:
+            start, end = window_at(when.replace(tzinfo=UTC))
+            live.set_lock({"lock_key": f"{project}#fs-h#{start}#{end}", "status": status, "mini_batch_id": batch,
+                           "attempts": 1, "updated_at": ago(hours=3), "pipeline_execution_arn": ended.arn})
+    audit = dict(bucket=ingest, first=dt.date(2024, 6, 1), last=dt.date(2024, 6, 1), projects=[project],
+                 lock_table=live.table("LockTable"), defaults_table=live.table("ProjectDefaultsTable"))
+
+    # WHEN the audit heals into a manifest and the backfill runs it
+    manifest = io.StringIO()
+    healed = run_audit(**audit, manifest=manifest)
+    artifacts = live.deployment.buckets["ArtifactsBucket"]
+    s3.put_object(Bucket=artifacts, Key="backfill/heal/units.jsonl", Body=manifest.getvalue())
+    backfill = live.engine.run(live.backfill_variant("HappyPath"),
+                               {"manifest": {"bucket": artifacts, "key": "backfill/heal/units.jsonl"}}, timeout=120)
+
+    # THEN the three gaps ran, and a second audit finds none
+    assert healed.exit_code == 3
+    assert {line["mini_batch_id"]: line["state"] for line in healed.lines} == {
+        "mb-done": "SUCCEEDED", "mb-never": "MISSING", "mb-failed": "FAILED", "mb-stuck": "STUCK"}
+    assert sorted(json.loads(u)["mini_batch_id"] for u in manifest.getvalue().splitlines()) == [
+        "mb-failed", "mb-never", "mb-stuck"]
+    assert (backfill.output["units"], backfill.output["started"]) == (3, 3)
+    again = run_audit(**audit)
+    assert again.exit_code == 0
+    assert {line["state"] for line in again.lines} == {"SUCCEEDED"}

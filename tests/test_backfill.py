@@ -306,3 +306,22 @@ def test_the_scheduled_sweep_runs_the_gaps_and_skips_poisoned_windows(live):
     artifacts = live.deployment.buckets["ArtifactsBucket"]
     request = json.loads(live.engine.client("s3").get_object(Bucket=artifacts, Key=f"backfill/{name}/request.json")["Body"].read())
     assert (request["sweep"], request["max_attempts"]) == ({"days": 2, "until": "2024-04-04T02:30:00Z"}, 3)
+
+
+def test_an_operator_reads_a_runs_counts_and_why_each_unit_did_not_start(live, backfill, monkeypatch, capsys):
+    units = [unit(i) for i in range(3)]
+    units[1] = {k: v for k, v in units[1].items() if k != "org1"}
+    result = live.engine.run(backfill, {"units": units}, timeout=120)
+    monkeypatch.setenv("MLBATCH_RUNS_TABLE", live.table("BackfillRunsTable"))
+
+    assert main(["backfill", "show", result.output["run_id"], "--json"]) == 0
+    out, err = capsys.readouterr()
+    shown = json.loads(out)
+    assert (shown["units"], shown["started"], shown["invalid"]) == (3, 2, 1)
+    (missing,) = shown["units_not_started"]
+    assert (missing["line"], missing["outcome"], missing["error"]) == (1, "INVALID", "Backfill.InvalidUnit")
+    assert "3 units: 2 started" in err
+    assert main(["backfill", "list"]) == 0
+    assert result.output["run_id"] in capsys.readouterr().out
+    assert main(["backfill", "show", "no-such-run"]) == 1
+    assert "no backfill run 'no-such-run'" in capsys.readouterr().err

@@ -286,3 +286,10 @@ def test_version_comes_from_the_package_metadata(capsys):
         main(["--version"])
 
     assert exit_.value.code == 0 and capsys.readouterr().out.strip() == f"mlbatch {version('mlbatch')}"
+
+
+def test_a_command_needing_the_engine_says_which_extra_to_install():
+    from mlbatch.failures import explain
+    message = explain(ModuleNotFoundError("No module named 'moto'", name="moto"))
+    assert "pip install 'mlbatch[engine]'" in message
+    assert explain(ModuleNotFoundError("No module named 'something_else'", name="something_else")) is None

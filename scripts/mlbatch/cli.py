@@ -1,4 +1,4 @@
-"""The `mlbatch` command: render | run | extract | audit | replay | locks | defaults | bench | local."""
+"""The `mlbatch` command: render | run | extract | audit | backfill | replay | locks | defaults | bench | local."""
 from __future__ import annotations
 
 import argparse
@@ -243,15 +243,30 @@ def cmd_extract(args) -> int:
 
     from .extract import ExtractError, Extractor, Progress, open_output, write_units
 
-    dates = _date_range("extract", args)
-    if isinstance(dates, int):
-        return dates
-    first, last = dates
+    from .extract import read_request
+    if args.request:  # the backfill's SageMaker step: its input's range (or sweep), prefix and projects
+        if args.date_from or args.date_to:
+            return _usage("extract", "--request holds the date range: leave out --from/--to")
+        try:
+            request = read_request(args.request)
+        except ExtractError as exc:
+            print(f"mlbatch extract: {exc}", file=sys.stderr)
+            return 1
+        first, last = request["from"], request["to"]
+        args.prefix = args.prefix or request["prefix"]
+        args.project = args.project or request["projects"]
+        print(f"mlbatch extract: request {args.request}: {first} to {last}"
+              + (f", prefix {args.prefix}" if args.prefix else "")
+              + (f", projects {','.join(args.project)}" if args.project else ""), file=sys.stderr)
+    else:
+        if not (args.date_from and args.date_to):
+            return _usage("extract", "give --from and --to (YYYY-MM-DD), or --request FILE")
+        dates = _date_range("extract", args)
+        if isinstance(dates, int):
+            return dates
+        first, last = dates
     if not args.dry_run and not args.output:
         return _usage("extract", "--output is required (a path, '-' or s3://bucket/key)")
-    # in the backfill's processing job, optional filters arrive as environment variables
-    args.prefix = args.prefix or os.environ.get("MLBATCH_EXTRACT_PREFIX") or None
-    args.project = args.project or [p for p in os.environ.get("MLBATCH_EXTRACT_PROJECTS", "").split(",") if p]
     progress = Progress(enabled=not args.quiet)
     try:
         ex = Extractor(args.bucket, args.defaults_table, representative=args.representative,
@@ -287,8 +302,11 @@ def _extract_parser(sub) -> None:
                               "      --defaults-table mlbatch-ProjectDefaults --output s3://artifacts/units.jsonl\n"
                               "exit codes: 0 done, 1 extraction failed (message on stderr), 2 bad arguments")
     p.add_argument("--bucket", required=True, help="the ingestion bucket")
-    p.add_argument("--from", dest="date_from", required=True, help="first path date, YYYY-MM-DD")
-    p.add_argument("--to", dest="date_to", required=True, help="last path date, YYYY-MM-DD (inclusive)")
+    p.add_argument("--from", dest="date_from", help="first path date, YYYY-MM-DD")
+    p.add_argument("--to", dest="date_to", help="last path date, YYYY-MM-DD (inclusive)")
+    p.add_argument("--request", metavar="FILE",
+                   help="instead of --from/--to: the backfill's request file ({from, to} or {sweep: {days, "
+                        "until}}, optional prefix and projects), as its SageMaker step passes it")
     p.add_argument("--prefix", help="org1/org2 (default: discover every org pair)")
     p.add_argument("--project", action="append", help="a project (repeatable; default: discover)")
     p.add_argument("--defaults-table", required=True, help="project-defaults table (feature_spec_version)")
@@ -496,6 +514,28 @@ def cmd_locks(args) -> int:
     return 0
 
 
+def cmd_backfill(args) -> int:
+    """Backfill runs: list them, or show one -- its counts and every unit that did not start, with why."""
+    import boto3
+
+    from .failures import about_table
+    from .operator import backfill_run, backfill_runs
+    table = _table_arg(args, "backfill runs")
+    ddb = boto3.client("dynamodb")
+    with about_table(table, "backfill runs", ddb):
+        if args.action == "list":
+            for run in backfill_runs(table, ddb):
+                print(json.dumps(run))
+            return 0
+        run = backfill_run(table, args.run_id, ddb)
+    print(json.dumps(run, indent=None if args.json else 2))
+    counts = {k: run.get(k, 0) for k in ("started", "suppressed", "collided", "invalid", "failed", "poisoned")}
+    print(f"mlbatch backfill: {run.get('units', '?')} units: " + ", ".join(f"{v} {k}" for k, v in counts.items())
+          + f", {run.get('uncounted', 0)} uncounted" + ("" if run.get("closed_at") else " (still running)"),
+          file=sys.stderr)
+    return 0
+
+
 def cmd_replay(args) -> int:
     """Start an execution again with its own input (a traceable `<name>-replay-<n>`), or redrive it."""
     from .failures import Failure
@@ -622,6 +662,8 @@ def _check_usage(sub, args) -> None:
             error("locks reset needs --reason TEXT: it is recorded on the lock")
         if args.window_from and args.window_to and args.window_from > args.window_to:
             error(f"--from {args.window_from} is after --to {args.window_to}")
+    if args.command == "backfill" and args.action == "show" and not args.run_id:
+        error("backfill show needs a RUN_ID (the backfill execution's name; `mlbatch backfill list` shows them)")
     if args.command == "replay" and args.force and not args.reason:
         error("--force needs --reason TEXT: it is recorded on the lock")
     if args.command == "run":
@@ -701,6 +743,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--dry-run", action="store_true", help="for reset: show the result, write nothing")
     p.add_argument("--json", action="store_true", help="JSON (Lines for list) for scripts")
     p.set_defaults(func=cmd_locks)
+    p = sub.add_parser("backfill", help=_summary(cmd_backfill), description=_doc(cmd_backfill),
+                       formatter_class=argparse.RawDescriptionHelpFormatter,
+                       epilog="examples:\n  mlbatch backfill list\n"
+                              "  mlbatch backfill show 2a4c0e1f-...   # counts, and each unit not started with why\n"
+                              "exit codes: 0 ok, 1 no such run / AWS error, 2 usage")
+    p.add_argument("action", choices=["list", "show"])
+    p.add_argument("run_id", nargs="?", help="for show: the backfill execution's name (its run_id)")
+    p.add_argument("--table", help="backfill runs table (default: $MLBATCH_RUNS_TABLE)")
+    p.add_argument("--json", action="store_true", help="one line of JSON")
+    p.set_defaults(func=cmd_backfill)
     p = sub.add_parser("replay", help=_summary(cmd_replay), description=_doc(cmd_replay),
                        formatter_class=argparse.RawDescriptionHelpFormatter,
                        epilog="examples:\n  mlbatch replay arn:aws:states:...:execution:mlbatch-intake:8a2b...\n"

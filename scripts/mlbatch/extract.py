@@ -31,7 +31,7 @@ import boto3
 
 from .window import InvalidTimestamp, iso_z, window_at
 
-__all__ = ["ExtractError", "Extractor", "Report", "Progress", "UNIT_FIELDS", "SUSPECT_AFTER_DAYS",
+__all__ = ["read_request", "ExtractError", "Extractor", "Report", "Progress", "UNIT_FIELDS", "SUSPECT_AFTER_DAYS",
            "iso_from_last_modified", "unit_dict", "batch_get", "check_output", "open_output", "write_units"]
 
 #: The execution-unit contract, in the order every unit line is written.
@@ -445,6 +445,39 @@ def _s3_target(target: str, what: str) -> tuple[str, str]:
     if not bucket or not key or key.endswith("/"):
         raise ExtractError(f"{what} s3://bucket/key expected, got {target!r}")
     return bucket, key
+
+
+def read_request(path: str) -> dict:
+    """The backfill's extraction request (the file its SageMaker step hands the extractor, `--request`):
+    the backfill input's options. A date range {"from", "to"}, or a sweep {"sweep": {"days", "until"}}:
+    the `days` days ending the day before `until` (the schedule's time); optional "prefix" (org1/org2)
+    and "projects" (comma-separated). Returns {"from", "to", "prefix", "projects"} (dates, str|None, list)."""
+    try:
+        with open(path, encoding="utf-8") as fh:
+            request = json.load(fh)
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ExtractError(f"--request {path}: cannot read it as JSON ({exc})") from None
+    if not isinstance(request, dict):
+        raise ExtractError(f"--request {path}: expected a JSON object, got {type(request).__name__}")
+    try:
+        if isinstance(request.get("sweep"), dict):
+            days, until = request["sweep"].get("days"), request["sweep"].get("until")
+            if isinstance(days, bool) or not isinstance(days, int) or days < 1:
+                raise ValueError(f"sweep.days must be a whole number of days >= 1, not {days!r}")
+            if not isinstance(until, str):
+                raise ValueError(f"sweep.until must be an ISO time, not {until!r}")
+            last = dt.datetime.fromisoformat(until.replace("Z", "+00:00")).date() - dt.timedelta(days=1)
+            first = last - dt.timedelta(days=days - 1)
+        else:
+            first, last = (dt.date.fromisoformat(str(request.get(k))) for k in ("from", "to"))
+    except (ValueError, TypeError) as exc:
+        raise ExtractError(f"--request {path}: no date range: {exc} (expected from/to as YYYY-MM-DD, or "
+                           'sweep {"days", "until"})') from None
+    if last < first:
+        raise ExtractError(f"--request {path}: from {first} is after to {last}")
+    projects = request.get("projects") or ""
+    return {"from": first, "to": last, "prefix": request.get("prefix") or None,
+            "projects": [p.strip() for p in str(projects).split(",") if p.strip()]}
 
 
 def check_output(target: str, s3=None, what: str = "--output") -> None:

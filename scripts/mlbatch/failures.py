@@ -28,8 +28,13 @@ __all__ = ["Failure", "explain", "where", "about_table", "TABLES"]
 TABLES = {
     "lock": ("lock_key", "MLBATCH_LOCK_TABLE", "LockTableName"),
     "project-defaults": ("project_name", "MLBATCH_DEFAULTS_TABLE", "ProjectDefaultsTableName"),
+    "backfill runs": ("run_id, entry", "MLBATCH_RUNS_TABLE", "BackfillRunsTableName"),
 }
 _LOCAL_HINT = 'for the local stack: eval "$(mlbatch local status --shell)"'
+
+
+#: what only the `engine` extra installs (render, run, bench, local)
+_ENGINE_MODULES = {"moto", "jinja2", "cfnlint"}
 
 
 class Failure(Exception):
@@ -84,6 +89,9 @@ def explain(exc: BaseException) -> str | None:
         return f"invalid request: {exc}"
     if isinstance(exc, BotoCoreError):
         return f"AWS SDK: {exc}"
+    if isinstance(exc, ModuleNotFoundError) and exc.name and exc.name.split(".")[0] in _ENGINE_MODULES:
+        return (f"this command needs the embedded engine and renderer ({exc.name} is not installed): "
+                "pip install 'mlbatch[engine]' (the extractor image installs only the extractor)")
     if isinstance(exc, UnicodeDecodeError):
         return f"a file is not UTF-8 text ({exc.reason} at byte {exc.start}): pass a JSON file"
     if isinstance(exc, json.JSONDecodeError):

@@ -14,7 +14,7 @@ from .failures import Failure
 from .defaults import problems
 from .items import from_item, to_item
 
-__all__ = ["OperatorError", "list_locks", "show_lock", "ResetPlan", "plan_reset", "apply_reset", "reset_lock",
+__all__ = ["backfill_run", "backfill_runs", "OperatorError", "list_locks", "show_lock", "ResetPlan", "plan_reset", "apply_reset", "reset_lock",
            "pipeline_status", "replay_name", "plan_replay", "start_replay", "redrive", "put_defaults"]
 
 
@@ -303,3 +303,31 @@ def put_defaults(table: str, items: list[dict], dry_run: bool = False, ddb=None)
             ddb.put_item(TableName=table, Item=to_item(item))
     return [item["project_name"] for item in items]
 
+
+
+# --- backfill runs ------------------------------------------------------------------------------
+
+def backfill_run(table: str, run_id: str, ddb=None) -> dict:
+    """A backfill's run record with `units_not_started`: one entry per unit that did not start
+    (its manifest line, outcome, error, cause), in manifest order."""
+    ddb = ddb or boto3.client("dynamodb")
+    pages = ddb.get_paginator("query").paginate(
+        TableName=table, KeyConditionExpression="run_id = :r", ConsistentRead=True,
+        ExpressionAttributeValues={":r": {"S": run_id}})
+    items = [from_item(i) for page in pages for i in page["Items"]]
+    record = next((i for i in items if i.get("entry") == "run"), None)
+    if record is None:
+        raise OperatorError(f"no backfill run {run_id!r} in {table}: list them with `mlbatch backfill list`")
+    units = [{"line": int(i["entry"].removeprefix("unit#")), **{k: v for k, v in i.items() if k not in ("run_id", "entry")}}
+             for i in items if i.get("entry", "").startswith("unit#")]
+    return {**{k: v for k, v in record.items() if k != "entry"}, "units_not_started": sorted(units, key=lambda u: u["line"])}
+
+
+def backfill_runs(table: str, ddb=None) -> list[dict]:
+    """Every backfill run's record (no unit entries), newest first."""
+    ddb = ddb or boto3.client("dynamodb")
+    pages = ddb.get_paginator("scan").paginate(
+        TableName=table, FilterExpression="#e = :run", ExpressionAttributeNames={"#e": "entry"},
+        ExpressionAttributeValues={":run": {"S": "run"}})
+    runs = [{k: v for k, v in from_item(i).items() if k != "entry"} for page in pages for i in page["Items"]]
+    return sorted(runs, key=lambda r: r.get("opened_at", ""), reverse=True)
