@@ -56,9 +56,9 @@ def test_the_image_runs_what_the_backfill_step_asks_for():
 
 def _unit_folder(s3, bucket: str, day: int, i: int) -> None:
     from moto.s3.models import s3_backends
-    key = f"acme/netsec/traffic-anomaly/2024/04/0{day}/mb-{i}/p.json.gz"
+    key = f"acme/netsec/traffic-anomaly/2024/07/0{day}/mb-{i}/p.json.gz"
     s3.put_object(Bucket=bucket, Key=key, Body=b"{}")
-    s3_backends["123456789012"]["aws"].get_object(bucket, key).last_modified = dt.datetime(2024, 4, day, 9, i)
+    s3_backends["123456789012"]["aws"].get_object(bucket, key).last_modified = dt.datetime(2024, 7, day, 9, i)
 
 
 def test_running_the_step_exactly_as_sagemaker_would_feeds_the_backfill(live, tmp_path, monkeypatch):
@@ -72,7 +72,7 @@ def test_running_the_step_exactly_as_sagemaker_would_feeds_the_backfill(live, tm
 
     # WHEN a sweep backfill writes its request and (mocked here) runs the job ...
     name = f"image-{time.time_ns()}"
-    first = live.engine.run(backfill + "#ExtractorSucceeds", {"sweep": {"days": 2, "until": "2024-04-04T03:00:00Z"}},
+    first = live.engine.run(backfill + "#ExtractorSucceeds", {"sweep": {"days": 2, "until": "2024-07-04T03:00:00Z"}},
                             name=name, timeout=60)
     assert first.error == "Backfill.MapRunFailed"  # the mock wrote no manifest: the real job does, below
     (job,) = [json.loads(e["taskScheduledEventDetails"]["parameters"]) for e in live.engine.history(first.arn)
@@ -95,7 +95,7 @@ def test_running_the_step_exactly_as_sagemaker_would_feeds_the_backfill(live, tm
     (output,) = job["ProcessingOutputConfig"]["Outputs"]
     written = container / "output" / "units.jsonl"
     units = [json.loads(line) for line in written.read_text().splitlines()]
-    assert sorted(u["mini_batch_id"] for u in units) == ["mb-0", "mb-1", "mb-2"]  # April 2 and 3
+    assert sorted(u["mini_batch_id"] for u in units) == ["mb-0", "mb-1", "mb-2"]  # July 2 and 3
     assert output["S3Output"]["LocalPath"] == "/opt/ml/processing/output"
     out_bucket, _, out_prefix = output["S3Output"]["S3Uri"].removeprefix("s3://").partition("/")
     s3.upload_file(str(written), out_bucket, f"{out_prefix}/units.jsonl")

@@ -517,8 +517,8 @@ def bench_extractor(sizes: tuple[int, ...] = (3_500, 20_000, 35_040), repeats: i
     return rows
 
 
-def bench_backfill_unit(progress: Callable[[str], None] | None = None) -> list[dict]:
-    """State transitions and service calls per backfill unit, by outcome.
+def bench_backfill_unit(progress: Callable[[str], None] | None = None, runs: int = 5) -> list[dict]:
+    """State transitions and service calls per backfill unit, by outcome (`runs` each).
 
     The engine keeps a Distributed Map's child executions out of the parent's history, so
     the backfill's item processor runs here as a machine of its own, per outcome."""
@@ -531,14 +531,29 @@ def bench_backfill_unit(progress: Callable[[str], None] | None = None) -> list[d
         processor = definition["States"]["Process the manifest"]["ItemProcessor"]
         processor.pop("ProcessorConfig")
         machine = sb.engine.create_machine("bench-backfill-unit", processor)
-        sb.engine.dynamodb.put_item(TableName=sb.table("BackfillRunsTable"), Item={"run_id": {"S": "bench"}})
-        unit = {"project_name": "traffic-anomaly", "org1": "acme", "org2": "netsec", "mini_batch_id": "mb-1",
-                "mini_batch_s3_prefix": "s3://mlbatch-example-ingest/acme/netsec/traffic-anomaly/2024/03/01/mb-1/",
-                "feature_spec_version": "fs-2024-06", "batch_start_ts_iso": "2024-03-01T00:08:00Z",
-                "batch_end_ts_iso": "2024-03-01T00:09:00Z", "source": "backfill"}
-        for label, payload in [("unit started (pipeline waited for)", unit), ("unit suppressed (window done)", unit),
-                               ("unit failed (incomplete)", {"project_name": "x"})]:
-            result = sb.engine.run(machine, {"unit": payload, "run_id": "bench"}, timeout=120)
-            rows.append(_row(f"backfill: {label}", [_measure(sb, result.arn)]))
+        sb.engine.dynamodb.put_item(TableName=sb.table("BackfillRunsTable"),
+                                    Item={"run_id": {"S": "bench"}, "entry": {"S": "run"}})
+
+        def unit(i: int) -> dict:
+            return {"project_name": "traffic-anomaly", "org1": "acme", "org2": "netsec", "mini_batch_id": f"mb-{i}",
+                    "mini_batch_s3_prefix": f"s3://mlbatch-example-ingest/acme/netsec/traffic-anomaly/2024/03/01/mb-{i}/",
+                    "feature_spec_version": "fs-2024-06", "batch_start_ts_iso": "2024-03-01T00:08:00Z",
+                    "batch_end_ts_iso": f"2024-03-01T00:09:00.{i:06d}Z", "source": "backfill"}
+
+        def poisoned(i: int) -> dict:
+            u = unit(1000 + i)
+            sb.set_lock({"lock_key": f"traffic-anomaly#fs-2024-06#{u['batch_start_ts_iso']}#{u['batch_end_ts_iso']}",
+                         "status": "FAILED", "attempts": 3, "mini_batch_id": u["mini_batch_id"]})
+            return u
+
+        cases = [("unit started (pipeline waited for)", unit), ("unit suppressed (window done)", unit),
+                 ("unit poisoned (max_attempts 3)", poisoned), ("unit invalid (incomplete)", lambda i: {"project_name": "x"})]
+        for label, make in cases:
+            samples = []
+            for i in range(runs):
+                payload = {"unit": make(i), "run_id": "bench", "index": i, "max_attempts": 3}
+                result = sb.engine.run(machine, payload, timeout=120)
+                samples.append(_measure(sb, result.arn))
+            rows.append(_row(f"backfill: {label}", samples))
         progress("bench: backfill units done")
     return rows
