@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import json
+import re
 
 import pytest
 
@@ -259,7 +260,9 @@ def test_processing_requests_stay_within_limits_for_the_longest_values_the_contr
     requests = [json.loads(e["taskScheduledEventDetails"]["parameters"]) for e in live.engine.history(pipeline.arn)
                 if e["type"] == "TaskScheduled" and e["taskScheduledEventDetails"]["resource"].startswith("createProc")]
 
-    # THEN SageMaker would accept each of them
+    # THEN SageMaker would accept each of them, and the pipeline execution's name fits Step Functions
+    name = intake.output["pipeline_execution_arn"].rsplit(":", 1)[1]
+    assert len(name) <= 80 and re.fullmatch(r"[0-9A-Za-z_-]+", name), name
     assert len(requests) == 2
     for request in requests:
         assert not awsrules.processing_request_findings(request)

@@ -206,8 +206,10 @@ def _raw_lock(sb, u: dict, item: dict) -> None:
 
 
 def test_backfill_counts_every_unit_exactly_once_whatever_it_meets(live, backfill):
-    # GIVEN twelve units meeting every case a unit can meet
-    units = [unit(i) for i in range(12)]
+    # GIVEN fourteen units meeting every case a unit can meet
+    units = [unit(i) for i in range(14)]
+    _raw_lock(live, units[12], {"status": {"S": "DONE"}, "mini_batch_id": {"S": "mb-other"}})  # another's status
+    _raw_lock(live, units[13], {"status": {"S": "FAILED"}, "attempts": {"S": "3"}})         # attempts not a number
     _raw_lock(live, units[2], {"status": {"S": "SUCCEEDED"}, "mini_batch_id": {"S": units[2]["mini_batch_id"]},
                                "pipeline_execution_arn": {"S": "arn:done"}, "attempts": {"N": "1"}})
     _raw_lock(live, units[3], {"status": {"S": "SUCCEEDED"}})               # written before mlbatch
@@ -219,7 +221,7 @@ def test_backfill_counts_every_unit_exactly_once_whatever_it_meets(live, backfil
     units[9]["mini_batch_s3_prefix"] = units[9]["mini_batch_s3_prefix"].replace("/netsec/", "/other-org/")
     units[10]["batch_start_ts_iso"] = units[10]["batch_start_ts_iso"][:14] + "39:00Z"      # not a grid start
     units[11] = unit(11, project="nobody")                                  # no defaults item
-    locks_before = {i: live.lock(lock_key(units[i])) for i in (2, 3, 4, 5, 6)}
+    locks_before = {i: live.lock(lock_key(units[i])) for i in (2, 3, 4, 5, 6, 12, 13)}
     before = pipeline_starts(live)
 
     # WHEN the backfill runs them with a limit of three attempts per window
@@ -227,18 +229,21 @@ def test_backfill_counts_every_unit_exactly_once_whatever_it_meets(live, backfil
 
     # THEN every unit is in exactly one count, and only the two free windows started
     assert result.status == "SUCCEEDED", result.cause
-    assert outcomes(result) == {"units": 12, "started": 2, "suppressed": 3, "collided": 1, "poisoned": 1,
-                                "invalid": 4, "failed": 1}
+    assert outcomes(result) == {"units": 14, "started": 2, "suppressed": 4, "collided": 1, "poisoned": 1,
+                                "invalid": 4, "failed": 2}
     assert pipeline_starts(live) == before + 2
-    assert {i: live.lock(lock_key(units[i])) for i in (2, 3, 4, 5, 6)} == locks_before
+    assert {i: live.lock(lock_key(units[i])) for i in (2, 3, 4, 5, 6, 12, 13)} == locks_before
     failures = run_record(live, result)["failures"]
     assert {i: failures[str(i)]["outcome"] for i in range(5, 12)} == {
         5: "COLLIDED", 6: "POISONED", 7: "INVALID", 8: "INVALID", 9: "INVALID", 10: "INVALID", 11: "FAILED"}
     assert "mb-someone-else" in failures["5"]["cause"]
     assert failures["6"]["error"] == "Backfill.PoisonedWindow" and "3 times" in failures["6"]["cause"]
     assert failures["11"]["error"] == "Config.InvalidProjectDefaults"
+    # (DynamoDB refuses to compare a string attempts with a number: the write fails, or reads as refused
+    # and the unit says why; both are the same named outcome)
+    assert failures["13"]["error"] == "Intake.LockWriteFailed" and lock_key(units[13]) in failures["13"]["cause"]
     record = run_record(live, result)
-    assert (record["units"], record["uncounted"], record["started"]) == (12, 0, 2)
+    assert (record["units"], record["uncounted"], record["started"]) == (14, 0, 2)
 
 
 def test_backfill_without_a_limit_retries_a_window_failed_many_times(live, backfill):
