@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime as dt
 import json
 import os
@@ -450,12 +451,23 @@ def _table_arg(args, kind: str) -> str:
     return table
 
 
-def cmd_defaults(args) -> int:
-    """Check project-defaults items against the schema the state machines read, and load them."""
+@contextlib.contextmanager
+def _table(args, kind: str):
+    """(table name, DynamoDB client) for a command on one of mlbatch's tables; a missing table or
+    one of another kind becomes a message naming it."""
     import boto3
 
+    from .failures import about_table
+    table = _table_arg(args, kind)
+    ddb = boto3.client("dynamodb")
+    with about_table(table, kind, ddb):
+        yield table, ddb
+
+
+def cmd_defaults(args) -> int:
+    """Check project-defaults items against the schema the state machines read, and load them."""
     from .defaults import check_located, read_files
-    from .failures import Failure, about_table
+    from .failures import Failure
     from .operator import put_defaults
     items, problems = read_files(args.files)
     problems += check_located(items)
@@ -467,9 +479,7 @@ def cmd_defaults(args) -> int:
     if args.action == "check":
         print(f"ok: {len(items)} items valid", file=sys.stderr)
         return 0
-    table = _table_arg(args, "project-defaults")
-    ddb = boto3.client("dynamodb")
-    with about_table(table, "project-defaults", ddb):
+    with _table(args, "project-defaults") as (table, ddb):
         names = put_defaults(table, [located.item for located in items], args.dry_run, ddb)
     for name in names:
         print(json.dumps({"project_name": name, "written": not args.dry_run}))
@@ -480,14 +490,9 @@ def cmd_defaults(args) -> int:
 
 def cmd_locks(args) -> int:
     """The lock ledger: list, show, or reset a window (reset marks it FAILED; nothing is deleted)."""
-    import boto3
-
-    from .failures import about_table
     from .operator import apply_reset, list_locks, plan_reset, show_lock
     from .trace import ledger_table
-    table = _table_arg(args, "lock")
-    ddb = boto3.client("dynamodb")
-    with about_table(table, "lock", ddb):
+    with _table(args, "lock") as (table, ddb):
         if args.action == "list":
             locks = list_locks(table, args.project, args.status, args.window_from, args.window_to, ddb,
                                mini_batch=args.mini_batch, source=args.source)
@@ -516,13 +521,8 @@ def cmd_locks(args) -> int:
 
 def cmd_backfill(args) -> int:
     """Backfill runs: list them, or show one -- its counts and every unit that did not start, with why."""
-    import boto3
-
-    from .failures import about_table
     from .operator import backfill_run, backfill_runs
-    table = _table_arg(args, "backfill runs")
-    ddb = boto3.client("dynamodb")
-    with about_table(table, "backfill runs", ddb):
+    with _table(args, "backfill runs") as (table, ddb):
         if args.action == "list":
             for run in backfill_runs(table, ddb):
                 print(json.dumps(run))
