@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import sys
 
 import pytest
 
@@ -120,3 +121,22 @@ def test_down_stops_the_server_and_commands_then_say_the_endpoint_is_down(in_sta
     assert code == 1 and "Traceback" not in err
     assert f"cannot reach {in_stack['AWS_ENDPOINT_URL']}" in err and "mlbatch local up" in err
     assert cli(capsys, "local", "down")[0] == 0  # stopping a stopped stack is fine
+
+
+def test_down_stops_an_engine_that_runs_but_does_not_answer(tmp_path, monkeypatch, capsys):
+    # what `mlbatch local status` tells the user to do about a hung engine must work
+    monkeypatch.setenv("MLBATCH_STATE_DIR", str(tmp_path))
+    hung = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", "mlbatch.engine.server"])
+    try:
+        (tmp_path / "server.json").write_text(json.dumps({"pid": hung.pid, "port": 1}))
+        code, _, err = cli(capsys, "local", "status")
+        assert code == 1 and "does not answer" in err and "mlbatch local down" in err
+
+        code, out, err = cli(capsys, "local", "down", "--shell")
+
+        assert code == 0 and f"stopped the engine on http://127.0.0.1:1 (pid {hung.pid})" in err
+        assert hung.wait(timeout=15) is not None
+        assert out.startswith("unset AWS_ENDPOINT_URL ")
+        assert not (tmp_path / "server.json").exists()
+    finally:
+        hung.kill()

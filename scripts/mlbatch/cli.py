@@ -604,7 +604,10 @@ def cmd_local(args) -> int:
                 say(f"{kind}: {', '.join(names) or '(none)'}")
         _print_env(stack.env, args.shell, args.json)
         return 0
-    stack = local.deployed() if local.running() else None
+    try:
+        stack = local.deployed()
+    except local.LocalError:  # alive but not answering: stop it all the same (local.stop does)
+        stack = None
     stopped = local.stop()
     if args.shell:
         print(local.unset_lines(stack.env if stack else local.environment_names()))
