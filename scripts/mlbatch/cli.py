@@ -219,16 +219,15 @@ def _int_at_least(low: int):
         try:
             value = int(text)
         except ValueError:
-            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
-        if value < low:
-            raise argparse.ArgumentTypeError(f"must be at least {low}, got {value}")
+            value = None
+        if value is None or value < low:
+            raise argparse.ArgumentTypeError(f"a whole number >= {low} expected, got {text!r}")
         return value
     return parse
 
 
 def _date_range(command: str, args):
     """(first, last) from --from/--to, or the usage error's exit code (bad date, from after to)."""
-    import datetime as dt
     try:
         first, last = (dt.date.fromisoformat(v) for v in (args.date_from, args.date_to))
     except ValueError as exc:
@@ -242,9 +241,8 @@ def cmd_extract(args) -> int:
     """Historical extractor: batch folders in S3 over a date range -> execution units (JSON Lines)."""
     import itertools
 
-    from .extract import ExtractError, Extractor, Progress, open_output, write_units
+    from .extract import ExtractError, Extractor, Progress, open_output, read_request, write_units
 
-    from .extract import read_request
     if args.request:  # the backfill's SageMaker step: its input's range (or sweep), prefix and projects
         if args.date_from or args.date_to:
             return _usage("extract", "--request holds the date range: leave out --from/--to")
@@ -331,8 +329,6 @@ def cmd_audit(args) -> int:
     one JSON line per unit with its state, a summary per project and day; with --manifest, the
     heal: stuck locks whose pipeline ended are released and the units to heal are written as a
     backfill manifest."""
-    import contextlib
-
     from .audit import DEFAULT_MAX_ATTEMPTS, DEFAULT_STUCK_AFTER_MINUTES, run_audit, summary_table
     from .extract import ExtractError, Progress, check_output, open_output
 
@@ -615,16 +611,6 @@ def cmd_local(args) -> int:
     return 0
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"a whole number >= 1 expected, got {text!r}")
-    return value
-
-
 def _window_bound(end: bool):
     """--from/--to of `locks list`: a real date (whole day) or ISO instant -> `YYYY-MM-DDTHH:MM:SSZ` (UTC)."""
     def parse(text: str) -> str:
@@ -784,13 +770,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--timestamp", help="with --s3-key: the batch timestamp (ISO, UTC)")
     p.add_argument("--intake", metavar="ARN", help="the intake state machine (default: $MLBATCH_INTAKE_ARN, "
                                                    "else found by name at AWS_ENDPOINT_URL)")
-    p.add_argument("--timeout", type=_positive_int, default=120, help="seconds to wait per execution (default 120)")
+    p.add_argument("--timeout", type=_int_at_least(1), default=120, help="seconds to wait per execution (default 120)")
     p.set_defaults(func=cmd_run)
     p = sub.add_parser("bench", help=_summary(cmd_bench), description=_doc(cmd_bench),
                        epilog="examples:\n  mlbatch bench --runs 20 --only intake --only pipeline\n"
                               "  mlbatch bench --only intake --baseline v0.1.0   # transitions before and after",
                        formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--runs", type=_positive_int, default=20, help="executions per path (default 20)")
+    p.add_argument("--runs", type=_int_at_least(1), default=20, help="executions per path (default 20)")
     p.add_argument("--json", action="store_true", help="JSON Lines instead of Markdown tables")
     p.add_argument("--only", action="append", choices=["intake", "pipeline", "backfill", "extractor"],
                    help="run only this part (repeatable)")

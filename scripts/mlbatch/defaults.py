@@ -75,9 +75,14 @@ class Located:
     item: Any
 
     @property
-    def label(self) -> str:
+    def name(self) -> str | None:
+        """The item's project_name, if it has a usable one."""
         name = self.item.get("project_name") if isinstance(self.item, dict) else None
-        return f"{self.where} ({name})" if isinstance(name, str) and name else self.where
+        return name if isinstance(name, str) and name else None
+
+    @property
+    def label(self) -> str:
+        return f"{self.where} ({self.name})" if self.name else self.where
 
 
 def read_files(paths: list[str]) -> tuple[list[Located], list[str]]:
@@ -116,8 +121,8 @@ def check_located(items: list[Located]) -> list[str]:
     out, first = [], {}
     for located in items:
         out += [f"{located.label}: {p}" for p in problems(located.item)]
-        name = located.item.get("project_name") if isinstance(located.item, dict) else None
-        if isinstance(name, str) and name:
+        name = located.name
+        if name:
             if name in first:
                 out.append(f"{located.where}: project {name!r} is already defined by {first[name]}: "
                            "keep one item per project")

@@ -134,9 +134,10 @@ def running() -> Server | None:
         server = Server(int(info["pid"]), int(info["port"]))
     except (OSError, ValueError, KeyError, TypeError):
         return None
-    if _alive(server.pid) and _answers(server.endpoint):
+    alive = _alive(server.pid)
+    if alive and _answers(server.endpoint):
         return server
-    if not _alive(server.pid):
+    if not alive:
         _server_file().unlink(missing_ok=True)
         return None
     raise LocalError(f"the local engine (pid {server.pid}) runs but {server.endpoint} does not answer: "
