@@ -22,7 +22,7 @@ from botocore.exceptions import (
 
 from .settings import ENDPOINT_ENV
 
-__all__ = ["Failure", "explain", "where", "about_table", "TABLES"]
+__all__ = ["Failure", "explain", "where", "about_table", "is_error_page", "TABLES"]
 
 #: what the CLI calls each table: (its key, the variable naming it, the stack output)
 TABLES = {
@@ -49,11 +49,18 @@ def where() -> str:
     return f"AWS ({region})" if region else "AWS"
 
 
+def is_error_page(exc: ClientError) -> bool:
+    """Did the endpoint answer with an (HTML) error page or nothing, instead of an AWS error?
+    (What an endpoint that lacks the operation does.)"""
+    message = (exc.response.get("Error", {}).get("Message") or "").strip()
+    return not message or message.startswith("<")
+
+
 def _client_error(exc: ClientError) -> str:
     error = exc.response.get("Error", {})
     code, message = error.get("Code", "?"), (error.get("Message") or "").strip()
     status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
-    if not message or message.lstrip().startswith("<"):  # an HTML error page, not an AWS error
+    if is_error_page(exc):
         message = f"HTTP {status}: the endpoint answered with an error page instead of an AWS error"
     hint = {
         "UnrecognizedClientException": "the credentials are not valid here: check AWS_PROFILE / AWS_ACCESS_KEY_ID",

@@ -10,7 +10,7 @@ from typing import Any
 
 import boto3
 
-from .failures import Failure
+from .failures import Failure, is_error_page
 from .defaults import problems
 from .items import from_item, to_item
 
@@ -56,8 +56,13 @@ def list_locks(table: str, project: str | None = None, status: str | None = None
     return sorted(items, key=lambda i: i["lock_key"])
 
 
+def _lock_item(table: str, lock_key: str, ddb) -> dict | None:
+    """The lock item as DynamoDB returns it (a consistent read), or None."""
+    return ddb.get_item(TableName=table, Key={"lock_key": {"S": lock_key}}, ConsistentRead=True).get("Item")
+
+
 def _raw_lock(table: str, lock_key: str, ddb) -> dict:
-    item = ddb.get_item(TableName=table, Key={"lock_key": {"S": lock_key}}, ConsistentRead=True).get("Item")
+    item = _lock_item(table, lock_key, ddb)
     if not item:
         raise OperatorError(f"no lock {lock_key!r} in {table}: list them with `mlbatch locks list`")
     return item
@@ -147,8 +152,7 @@ def apply_reset(plan: ResetPlan, ddb=None) -> dict:
                         UpdateExpression="SET " + ", ".join(sets) + (" REMOVE " + ", ".join(removes) if removes else ""),
                         ExpressionAttributeNames=names, ExpressionAttributeValues=values)
     except ddb.exceptions.ConditionalCheckFailedException:
-        now = from_item(ddb.get_item(TableName=plan.table, Key={"lock_key": {"S": key}},
-                                     ConsistentRead=True).get("Item") or {"status": {"S": "(deleted)"}})
+        now = from_item(_lock_item(plan.table, key, ddb) or {"status": {"S": "(deleted)"}})
         raise OperatorError(f"lock {key!r} changed while it was being reset (it was {plan.before.get('status')}, "
                             f"now {now.get('status')}): nothing was written; look at it again "
                             "(`mlbatch locks show`) before deciding") from None
@@ -222,7 +226,7 @@ def _window_owner(payload: Any, execution_arn: str, lock_table: str | None, ddb)
         return (f"The lock {lock_key!r} names the intake execution that owns the window (owner_execution_arn): "
                 "name the lock table with --table or MLBATCH_LOCK_TABLE to see it.")
     ddb = ddb or boto3.client("dynamodb")
-    item = ddb.get_item(TableName=lock_table, Key={"lock_key": {"S": lock_key}}, ConsistentRead=True).get("Item")
+    item = _lock_item(lock_table, lock_key, ddb)
     if not item:
         return f"No lock {lock_key!r} in {lock_table}: the window is free, replay the batch's intake event."
     lock = from_item(item)
@@ -281,10 +285,9 @@ def redrive(execution_arn: str, sfn=None) -> str:
     except NotImplementedError:
         raise OperatorError(unsupported) from None
     except ClientError as exc:
-        error = exc.response.get("Error", {})
-        message = (error.get("Message") or "").strip()
-        if not message or message.startswith("<"):  # an error page, not an AWS error: no such operation here
+        if is_error_page(exc):  # not an AWS error: no such operation here
             raise OperatorError(unsupported) from None
+        error = exc.response.get("Error", {})
         raise OperatorError(f"RedriveExecution refused: {error.get('Code')}: {error.get('Message')}") from None
     return execution_arn
 
