@@ -8,7 +8,8 @@ import boto3
 import pytest
 
 from mlbatch.cli import main
-from mlbatch.extract import ExtractError, Extractor, Progress, iso_from_last_modified
+from mlbatch.extract import ExtractError, Extractor, iso_from_last_modified
+from mlbatch.progress import Progress
 from mlbatch.sandbox import load_event
 from mlbatch.window import window_for
 

@@ -241,7 +241,8 @@ def cmd_extract(args) -> int:
     """Historical extractor: batch folders in S3 over a date range -> execution units (JSON Lines)."""
     import itertools
 
-    from .extract import ExtractError, Extractor, Progress, open_output, read_request, write_units
+    from .extract import ExtractError, Extractor, open_output, read_request, write_units
+    from .progress import Progress
 
     if args.request:  # the backfill's SageMaker step: its input's range (or sweep), prefix and projects
         if args.date_from or args.date_to:
@@ -330,7 +331,8 @@ def cmd_audit(args) -> int:
     heal: stuck locks whose pipeline ended are released and the units to heal are written as a
     backfill manifest."""
     from .audit import DEFAULT_MAX_ATTEMPTS, DEFAULT_STUCK_AFTER_MINUTES, run_audit, summary_table
-    from .extract import ExtractError, Progress, check_output, open_output
+    from .extract import ExtractError, check_output, open_output
+    from .progress import Progress
 
     dates = _date_range("audit", args)
     if isinstance(dates, int):

@@ -31,7 +31,7 @@ import boto3
 
 from .window import InvalidTimestamp, iso_z, window_at
 
-__all__ = ["read_request", "ExtractError", "Extractor", "Report", "Progress", "UNIT_FIELDS", "SUSPECT_AFTER_DAYS",
+__all__ = ["read_request", "ExtractError", "Extractor", "Report", "UNIT_FIELDS", "SUSPECT_AFTER_DAYS",
            "iso_from_last_modified", "unit_dict", "batch_get", "check_output", "open_output", "write_units"]
 
 #: The execution-unit contract, in the order every unit line is written.
@@ -88,46 +88,6 @@ class Report:
         return {"folders": self.folders, "units": self.units, "skipped": dict(self.skipped),
                 "stray_keys": dict(self.stray_keys), "api_calls": dict(self.api_calls),
                 "already_succeeded": self.already_succeeded, "timestamp_suspect": self.timestamp_suspect}
-
-
-class Progress:
-    """Progress on stderr: a line redrawn in place on a terminal; elsewhere (a SageMaker job's
-    CloudWatch log, a CI log) a plain line at most every `every` seconds, so `\\r` never
-    glues a run's progress into one giant line."""
-
-    def __init__(self, stream: TextIO | None = None, every: float = 5.0, enabled: bool = True,
-                 tty: bool | None = None, clock: Callable[[], float] = time.monotonic):
-        self.stream = stream or sys.stderr
-        self.every, self.enabled, self.clock = every, enabled, clock
-        self.tty = self.stream.isatty() if tty is None else tty
-        self._last, self._pending, self._drawn = None, None, False
-
-    def __call__(self, msg: str) -> None:
-        if not self.enabled:
-            return
-        if self.tty:
-            self.stream.write(f"\r{msg}\x1b[K")
-            self.stream.flush()
-            self._drawn = True
-            return
-        now = self.clock()
-        if self._last is None or now - self._last >= self.every:
-            self.stream.write(msg + "\n")
-            self.stream.flush()
-            self._last, self._pending = now, None
-        else:
-            self._pending = msg
-
-    def done(self) -> None:
-        """End the progress: finish the redrawn line, or print the last state if it was held back."""
-        if not self.enabled:
-            return
-        if self.tty and self._drawn:
-            self.stream.write("\n")
-        elif self._pending:
-            self.stream.write(self._pending + "\n")
-        self.stream.flush()
-        self._pending, self._drawn = None, False
 
 
 def _client(service: str):
