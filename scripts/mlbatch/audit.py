@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any, TextIO
 
 from .extract import (_ENCODE, SUSPECT_AFTER_DAYS, UNIT_FIELDS, ExtractError, Extractor, _client, _ordered_map,
-                      batch_get, unit_dict)
+                      batch_get, lock_key, unit_dict)
 from .items import from_item
 from .settings import MAX_ATTEMPTS, STUCK_AFTER_MINUTES
 
@@ -44,13 +44,6 @@ _BATCH = 100  # BatchGetItem's limit
 #: What the audit reads of a lock (BatchGetItem's ProjectionExpression): what it classifies by and
 #: reports, no more -- a read's cost grows with the attributes returned.
 _LEDGER_FIELDS = ("lock_key", "status", "mini_batch_id", "attempts", "updated_at", "pipeline_execution_arn", "error")
-
-
-def lock_key(unit: dict) -> str:
-    """`<project_name>#<feature_spec_version>#<batch_start_ts_iso>#<batch_end_ts_iso>`, as the intake and
-    the backfill write it."""
-    return "#".join([unit["project_name"], unit["feature_spec_version"], unit["batch_start_ts_iso"],
-                     unit["batch_end_ts_iso"]])
 
 
 def _now() -> dt.datetime:

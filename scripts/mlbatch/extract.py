@@ -32,7 +32,7 @@ import boto3
 from .window import InvalidTimestamp, iso_z, window_at
 
 __all__ = ["read_request", "ExtractError", "Extractor", "Report", "UNIT_FIELDS", "SUSPECT_AFTER_DAYS",
-           "iso_from_last_modified", "unit_dict", "batch_get", "check_output", "open_output", "write_units"]
+           "iso_from_last_modified", "lock_key", "unit_dict", "batch_get", "check_output", "open_output", "write_units"]
 
 #: The execution-unit contract, in the order every unit line is written.
 UNIT_FIELDS = ("project_name", "org1", "org2", "mini_batch_id", "mini_batch_s3_prefix", "feature_spec_version",
@@ -56,6 +56,13 @@ class ExtractError(Exception):
 def iso_from_last_modified(t: dt.datetime) -> str:
     """S3 LastModified -> YYYY-MM-DDTHH:MM:SS[.mmm]Z (UTC), the form the window policy accepts."""
     return iso_z(t)
+
+
+def lock_key(unit: dict) -> str:
+    """`<project_name>#<feature_spec_version>#<batch_start_ts_iso>#<batch_end_ts_iso>`, as the intake and
+    the backfill write it."""
+    return "#".join([unit["project_name"], unit["feature_spec_version"], unit["batch_start_ts_iso"],
+                     unit["batch_end_ts_iso"]])
 
 
 def unit_dict(record: tuple) -> dict[str, Any]:
@@ -387,8 +394,7 @@ class Extractor:
 
     def count_succeeded(self, lock_table: str, units: list[dict]) -> int:
         """How many of these units' windows already hold a SUCCEEDED lock (BatchGetItem)."""
-        keys = [f"{u['project_name']}#{u['feature_spec_version']}#{u['batch_start_ts_iso']}#{u['batch_end_ts_iso']}"
-                for u in units]
+        keys = [lock_key(u) for u in units]
         done = 0
         for i in range(0, len(keys), 100):
             request = [{"lock_key": {"S": k}} for k in dict.fromkeys(keys[i:i + 100])]
