@@ -190,3 +190,19 @@ def test_sam_validate_lint_accepts_the_template():
                          text=True, env={**os.environ, "AWS_DEFAULT_REGION": "us-east-1",
                                          "SAM_CLI_TELEMETRY": "0"})
     assert run.returncode == 0, run.stdout + run.stderr
+
+
+def test_no_module_defines_a_top_level_name_twice():
+    """A second `def` of a name silently replaces the first (it once broke `mlbatch bench`)."""
+    import ast
+
+    twice = []
+    for path in sorted((ROOT / "scripts" / "mlbatch").rglob("*.py")):
+        seen = set()
+        for node in ast.parse(path.read_text()).body:
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+                if node.name in seen:
+                    twice.append(f"{path.relative_to(ROOT)}: {node.name} (line {node.lineno})")
+                seen.add(node.name)
+
+    assert twice == []

@@ -9,6 +9,7 @@ import sys
 from collections.abc import Callable
 
 from .engine.harness import service_calls
+from .extract import lock_key
 from .progress import Progress
 from .sandbox import Sandbox, load_event
 
@@ -121,8 +122,8 @@ def bench_intake(runs: int = 20, progress: Callable[[str], None] | None = None,
         def forced(i: int):  # a SUCCEEDED window run again on purpose
             event = {**fresh(5000 + i), "timestamp": f"2024-03-04T01:10:00.{i:06d}Z"}
             sb.intake(event)
-            lock_key = f"traffic-anomaly#fs-2024-06#2024-03-04T01:08:00Z#2024-03-04T01:10:00.{i:06d}Z"
-            sb.set_lock({**sb.lock(lock_key), "status": "SUCCEEDED"})
+            key = f"traffic-anomaly#fs-2024-06#2024-03-04T01:08:00Z#2024-03-04T01:10:00.{i:06d}Z"
+            sb.set_lock({**sb.lock(key), "status": "SUCCEEDED"})
             return {**event, "force": True, "reason": "bench"}
 
         scenarios = [
@@ -415,7 +416,7 @@ def bench_extractor(sizes: tuple[int, ...] = (3_500, 20_000, 35_040), repeats: i
     from .audit import run_audit
     from .extract import Extractor, write_units
 
-    progress = progress or (lambda msg: print(msg, file=sys.stderr))
+    progress = progress or Progress()
     os.environ.setdefault("AWS_ACCESS_KEY_ID", "testing")
     os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "testing")
     logging.getLogger("werkzeug").setLevel(logging.ERROR)
@@ -522,7 +523,7 @@ def bench_backfill_unit(progress: Callable[[str], None] | None = None, runs: int
 
     The engine keeps a Distributed Map's child executions out of the parent's history, so
     the backfill's item processor runs here as a machine of its own, per outcome."""
-    progress = progress or (lambda msg: print(msg, file=sys.stderr))
+    progress = progress or Progress()
     rows = []
     with Sandbox() as sb:
         sb.put_defaults(load_event("project_defaults"))
@@ -542,7 +543,7 @@ def bench_backfill_unit(progress: Callable[[str], None] | None = None, runs: int
 
         def poisoned(i: int) -> dict:
             u = unit(1000 + i)
-            sb.set_lock({"lock_key": f"traffic-anomaly#fs-2024-06#{u['batch_start_ts_iso']}#{u['batch_end_ts_iso']}",
+            sb.set_lock({"lock_key": lock_key(u),
                          "status": "FAILED", "attempts": 3, "mini_batch_id": u["mini_batch_id"]})
             return u
 

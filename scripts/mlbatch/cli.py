@@ -180,7 +180,7 @@ def cmd_run(args) -> int:
     return _push(args)
 
 
-def _table(rows: list[dict]) -> str:
+def _markdown_table(rows: list[dict]) -> str:
     cols = list(dict.fromkeys(c for r in rows for c in r))  # every column any row has, in order
     lines = ["| " + " | ".join(cols) + " |", "|" + "|".join("---" for _ in cols) + "|"]
     return "\n".join(lines + ["| " + " | ".join(str(r.get(c, "")) for c in cols) + " |" for r in rows])
@@ -203,7 +203,7 @@ def cmd_bench(args) -> int:
                 for row in rows:
                     print(json.dumps({"bench": name, **row}))
             else:
-                print(f"\n### {name}\n\n{_table(rows)}")
+                print(f"\n### {name}\n\n{_markdown_table(rows)}")
     return 0
 
 
