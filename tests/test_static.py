@@ -12,6 +12,7 @@ import pytest
 from jsonpath_ng import parse as jsonpath
 
 from mlbatch import render
+from mlbatch.awsrules import states
 from mlbatch.errors import ERRORS, SERVICE_ERRORS
 from mlbatch.sandbox import load_event, to_item
 from mlbatch.settings import ROOT
@@ -28,15 +29,6 @@ def tool(path: Path | str | None, what: str) -> str:
     if REQUIRE_TOOLS:
         pytest.fail(f"{what} is not installed: run `make tools`")
     pytest.skip(f"{what} is not installed (make tools)")
-
-
-def states(definition: dict):
-    """(name, state) for every state, nested Map/Parallel ones included."""
-    for name, state in definition["States"].items():
-        yield name, state
-        for sub in [state.get("ItemProcessor") or state.get("Iterator")] + state.get("Branches", []):
-            if sub:
-                yield from states(sub)
 
 
 def strings(node):
@@ -134,7 +126,7 @@ def test_substitutions_match_placeholders_both_ways():
 def test_error_names_are_listed(asl):
     definition = json.loads(asl.read_text())
     names = set()
-    for _, state in states(definition):
+    for _, _, state in states(definition):
         if state["Type"] == "Fail" and "Error" in state:
             names.add(state["Error"])
             assert not state["Error"].startswith("States."), "our errors never use the States. prefix"
