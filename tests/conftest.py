@@ -5,6 +5,7 @@ import copy
 
 import pytest
 
+from mlbatch.cli import main
 from mlbatch.render import environment, render_text
 from mlbatch.sandbox import Sandbox, load_event
 from mlbatch.settings import ROOT
@@ -45,3 +46,17 @@ def window_machine(sandbox):
     """Test-only machine: the window macros mapped over $.timestamps."""
     env = environment([ROOT / "tests" / "machines"])
     return sandbox.engine.create_machine("window-map", render_text("window_map.asl.json.j2", env))
+
+
+@pytest.fixture
+def cli(capsys):
+    """`mlbatch ARGV` in-process, as a user runs it: (exit code, stdout, stderr); argparse's usage
+    exits (code 2) included."""
+    def run(*argv: str) -> tuple[int, str, str]:
+        try:
+            code = main(list(argv))
+        except SystemExit as exc:
+            code = exc.code
+        out = capsys.readouterr()
+        return code, out.out, out.err
+    return run

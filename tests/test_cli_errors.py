@@ -18,15 +18,6 @@ PIPELINE_ARN = "arn:aws:states:us-east-1:123456789012:execution:mlbatch-pipeline
 DEFAULTS_FILE = str(ROOT / "sam" / "project-defaults" / "traffic-anomaly.json")
 
 
-def cli(capsys, *argv) -> tuple[int, str]:
-    """Exit code and stderr of `mlbatch ARGV`, in-process."""
-    try:
-        code = main(list(argv))
-    except SystemExit as exc:  # argparse
-        code = exc.code
-    return code, capsys.readouterr().err
-
-
 def closed_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -74,12 +65,12 @@ SETUPS = {
 
 @pytest.mark.parametrize("setup", SETUPS)
 @pytest.mark.parametrize("command", COMMANDS)
-def test_environment_mistakes_name_the_setting_to_fix(command, setup, monkeypatch, capsys):
+def test_environment_mistakes_name_the_setting_to_fix(command, setup, monkeypatch, cli):
     port = closed_port()
     overrides, message = SETUPS[setup]
     aws_env(monkeypatch, **{k: v and v.format(port=port) for k, v in overrides.items()})
 
-    code, err = cli(capsys, *COMMANDS[command])
+    code, _, err = cli(*COMMANDS[command])
 
     assert code == 1, err
     assert "Traceback" not in err and len(err.strip().splitlines()) == 1, err
@@ -92,11 +83,11 @@ def test_environment_mistakes_name_the_setting_to_fix(command, setup, monkeypatc
             assert "mlbatch local up" in err
 
 
-def test_run_against_an_endpoint_that_is_down_names_it(monkeypatch, capsys):
+def test_run_against_an_endpoint_that_is_down_names_it(monkeypatch, cli):
     port = closed_port()
     aws_env(monkeypatch, AWS_ENDPOINT_URL=f"http://127.0.0.1:{port}")
 
-    code, err = cli(capsys, "run", "--event", str(EVENTS / "live_event.json"))
+    code, _, err = cli("run", "--event", str(EVENTS / "live_event.json"))
 
     assert code == 1 and "Traceback" not in err
     assert f"cannot reach http://127.0.0.1:{port}" in err and "mlbatch local up" in err
@@ -104,10 +95,10 @@ def test_run_against_an_endpoint_that_is_down_names_it(monkeypatch, capsys):
 
 @pytest.mark.parametrize("argv, variable", [(["locks", "list"], "MLBATCH_LOCK_TABLE"),
                                             (["defaults", "put", DEFAULTS_FILE], "MLBATCH_DEFAULTS_TABLE")])
-def test_an_unnamed_table_is_asked_for(argv, variable, monkeypatch, capsys):
+def test_an_unnamed_table_is_asked_for(argv, variable, monkeypatch, cli):
     aws_env(monkeypatch, **{variable: None})
 
-    code, err = cli(capsys, *argv)
+    code, _, err = cli(*argv)
 
     assert code == 1 and f"--table or {variable}" in err and "Traceback" not in err
 
@@ -130,8 +121,8 @@ def aws(sandbox, monkeypatch):
     ["locks", "reset", "k#v#s#e", "--reason", "r", "--table", "no-such-table"],
     ["defaults", "put", DEFAULTS_FILE, "--table", "no-such-table"],
 ], ids=" ".join)
-def test_a_missing_table_is_named_with_the_fix(aws, argv, capsys):
-    code, err = cli(capsys, *argv)
+def test_a_missing_table_is_named_with_the_fix(aws, argv, cli):
+    code, _, err = cli(*argv)
 
     assert code == 1 and "Traceback" not in err
     assert "no table 'no-such-table' at " in err and "--table or MLBATCH_" in err
@@ -143,27 +134,27 @@ def test_a_missing_table_is_named_with_the_fix(aws, argv, capsys):
     (["locks", "reset", "k#v#s#e", "--reason", "r", "--table", "mlbatch-ProjectDefaultsTable"], "lock", "lock_key"),
     (["defaults", "put", DEFAULTS_FILE, "--table", "mlbatch-LockTable"], "project-defaults", "project_name"),
 ], ids=lambda v: " ".join(v) if isinstance(v, list) else v)
-def test_a_table_of_the_wrong_kind_is_named_with_the_fix(aws, argv, kind, key, capsys):
-    code, err = cli(capsys, *argv)
+def test_a_table_of_the_wrong_kind_is_named_with_the_fix(aws, argv, kind, key, cli):
+    code, _, err = cli(*argv)
 
     assert code == 1 and "Traceback" not in err
     assert "not a " + kind + " table" in err and key in err and "--table or MLBATCH_" in err
 
 
-def test_replay_of_something_that_is_not_an_execution_arn_is_bad_usage(capsys):
-    code, err = cli(capsys, "replay", "not-an-arn")
-    code_machine, err_machine = cli(capsys, "replay", "arn:aws:states:us-east-1:123456789012:stateMachine:mlbatch-pipeline")
+def test_replay_of_something_that_is_not_an_execution_arn_is_bad_usage(cli):
+    code, _, err = cli("replay", "not-an-arn")
+    code_machine, _, err_machine = cli("replay", "arn:aws:states:us-east-1:123456789012:stateMachine:mlbatch-pipeline")
 
     assert (code, code_machine) == (2, 2) and "Traceback" not in err + err_machine
     assert "not a Step Functions execution ARN" in err and "'not-an-arn'" in err
     assert "that is a state machine's ARN" in err_machine
 
 
-def test_replay_of_an_unknown_execution_and_redrive_on_the_engine_say_what_to_do(aws, capsys):
+def test_replay_of_an_unknown_execution_and_redrive_on_the_engine_say_what_to_do(aws, cli):
     done = aws.engine.run(aws.arn("IntakeStateMachine"), {"hello": "world"})  # fails: Intake.InvalidInput
 
-    code, err = cli(capsys, "replay", PIPELINE_ARN)
-    code_redrive, err_redrive = cli(capsys, "replay", done.arn, "--redrive")
+    code, _, err = cli("replay", PIPELINE_ARN)
+    code_redrive, _, err_redrive = cli("replay", done.arn, "--redrive")
 
     assert (code, code_redrive) == (1, 1) and "Traceback" not in err + err_redrive
     assert "no execution" in err
@@ -192,10 +183,10 @@ def files(tmp_path):
 ])
 @pytest.mark.parametrize("action", ["check", "put"])
 def test_defaults_files_that_cannot_be_loaded_are_named_and_nothing_is_written(files, names, complaint, action,
-                                                                               monkeypatch, capsys):
+                                                                            monkeypatch, cli):
     aws_env(monkeypatch, AWS_DEFAULT_REGION=None)  # nothing may reach AWS
 
-    code, err = cli(capsys, "defaults", action, *(files[n] for n in names))
+    code, _, err = cli("defaults", action, *(files[n] for n in names))
 
     assert code == 1 and "Traceback" not in err
     (line,) = [line for line in err.splitlines() if complaint in line]
@@ -206,17 +197,17 @@ def test_defaults_files_that_cannot_be_loaded_are_named_and_nothing_is_written(f
         assert "nothing was written" in err
 
 
-def test_defaults_check_of_valid_files_says_ok_with_the_count(files, capsys):
-    code, err = cli(capsys, "defaults", "check", files["one"], str(ROOT / "sam/project-defaults/dns-tunnel.json"))
+def test_defaults_check_of_valid_files_says_ok_with_the_count(files, cli):
+    code, _, err = cli("defaults", "check", files["one"], str(ROOT / "sam/project-defaults/dns-tunnel.json"))
 
     assert code == 0 and err.strip() == "ok: 2 items valid"
 
 
-def test_defaults_problems_of_an_item_name_the_file_and_the_index(tmp_path, capsys):
+def test_defaults_problems_of_an_item_name_the_file_and_the_index(tmp_path, cli):
     path = tmp_path / "two.json"
     path.write_text(json.dumps([load_event("project_defaults"), {"project_name": "p", "feature_spec_version": "v#1"}]))
 
-    code, err = cli(capsys, "defaults", "check", str(path))
+    code, _, err = cli("defaults", "check", str(path))
 
     assert code == 1
     assert f"{path}[1] (p): feature_spec_version must be a non-empty string without '#'" in err
@@ -226,8 +217,8 @@ def test_defaults_problems_of_an_item_name_the_file_and_the_index(tmp_path, caps
     (["run", "--event", "/nonexistent/event.json"], "/nonexistent/event.json: cannot read it"),
     (["run", "--event", str(ROOT / "README.md")], "README.md: not valid JSON"),
 ])
-def test_run_names_an_event_file_it_cannot_use(argv, complaint, capsys):
-    code, err = cli(capsys, *argv)
+def test_run_names_an_event_file_it_cannot_use(argv, complaint, cli):
+    code, _, err = cli(*argv)
 
     assert code == 1 and complaint in err and "Traceback" not in err
 
@@ -246,11 +237,11 @@ def broken_templates(tmp_path, monkeypatch):
     (lambda text: text.replace("{", "{,", 1), "pipeline.asl.json.j2 renders invalid JSON"),
     (lambda text: "{{ no_such_name.x }}" + text, "'no_such_name' is undefined"),
 ], ids=["jinja syntax", "not JSON", "undefined name"])
-def test_render_check_names_a_broken_template(broken_templates, breakage, complaint, capsys):
+def test_render_check_names_a_broken_template(broken_templates, breakage, complaint, cli):
     template = broken_templates / "pipeline.asl.json.j2"
     template.write_text(breakage(template.read_text()))
 
-    code, err = cli(capsys, "render", "--check")
+    code, _, err = cli("render", "--check")
 
     assert code == 1 and "Traceback" not in err
     assert complaint in err.splitlines()[0] and "then run `mlbatch render`" in err.splitlines()[0]
@@ -273,8 +264,8 @@ def test_render_check_names_a_broken_template(broken_templates, breakage, compla
     (["run", "--s3-key", "s3://b/k"], "--s3-key and --timestamp go together"),
     (["run", "--event", "e.json", "--s3-key", "k", "--timestamp", "t"], "either --event FILE or --s3-key"),
 ], ids=lambda v: " ".join(v) if isinstance(v, list) else None)
-def test_bad_usage_exits_2_with_the_reason(argv, complaint, capsys):
-    code, err = cli(capsys, *argv)
+def test_bad_usage_exits_2_with_the_reason(argv, complaint, cli):
+    code, _, err = cli(*argv)
 
     assert code == 2 and complaint in err and "Traceback" not in err
 

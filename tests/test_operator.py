@@ -6,7 +6,6 @@ from pathlib import Path
 
 import pytest
 
-from mlbatch.cli import main
 from mlbatch.defaults import problems
 from mlbatch.diagram import mermaid
 from mlbatch.sandbox import EVENTS, load_event
@@ -25,28 +24,19 @@ def ops(live, monkeypatch):
     live.put_defaults(load_event("project_defaults"))
 
 
-def cli(capsys, *argv) -> tuple[int, str, str]:
-    try:
-        code = main(list(argv))
-    except SystemExit as exc:  # argparse: usage errors exit 2
-        code = exc.code
-    out = capsys.readouterr()
-    return code, out.out, out.err
-
-
 def finish(sb, intake):
     if intake.status == "SUCCEEDED" and intake.output["status"] == "STARTED":
         sb.engine.wait(intake.output["pipeline_execution_arn"], timeout=60)
 
 
-def test_replay_of_a_failed_intake_after_fixing_its_cause_starts_the_window(ops, capsys):
+def test_replay_of_a_failed_intake_after_fixing_its_cause_starts_the_window(ops, cli):
     ops.engine.dynamodb.delete_item(TableName=ops.table("ProjectDefaultsTable"),
                                     Key={"project_name": {"S": "traffic-anomaly"}})
     failed = ops.intake(load_event("pipes_batch"))
     assert failed.error == "Config.ProjectNotFound" and "replay this input unchanged" in failed.cause
-    assert cli(capsys, "defaults", "put", str(ROOT / "sam/project-defaults/traffic-anomaly.json"))[0] == 0
+    assert cli("defaults", "put", str(ROOT / "sam/project-defaults/traffic-anomaly.json"))[0] == 0
 
-    code, out, _ = cli(capsys, "replay", failed.arn)
+    code, out, _ = cli("replay", failed.arn)
 
     assert code == 0
     started = json.loads(out)
@@ -58,13 +48,13 @@ def test_replay_of_a_failed_intake_after_fixing_its_cause_starts_the_window(ops,
     assert ops.lock(LOCK_KEY)["status"] == "SUCCEEDED"
 
 
-def test_replay_of_a_succeeded_intake_is_suppressed_and_forcing_records_the_reason(ops, capsys):
+def test_replay_of_a_succeeded_intake_is_suppressed_and_forcing_records_the_reason(ops, cli):
     first = ops.intake(load_event("sqs_record"))
     finish(ops, first)
 
-    code, out, _ = cli(capsys, "replay", first.arn)
+    code, out, _ = cli("replay", first.arn)
     plain = ops.engine.wait(json.loads(out)["started"])
-    code2, out2, _ = cli(capsys, "replay", first.arn, "--force", "--reason", "builder v1.4.1 fixes ports")
+    code2, out2, _ = cli("replay", first.arn, "--force", "--reason", "builder v1.4.1 fixes ports")
     forced = ops.engine.wait(json.loads(out2)["started"])
 
     assert (code, code2) == (0, 0)
@@ -78,22 +68,22 @@ def test_replay_of_a_succeeded_intake_is_suppressed_and_forcing_records_the_reas
     assert (lock["reason"], lock["attempts"]) == ("builder v1.4.1 fixes ports", 2)
 
 
-def test_replay_refuses_what_it_cannot_do(ops, capsys):
+def test_replay_refuses_what_it_cannot_do(ops, cli):
     intake = ops.intake(load_event("live_event"))
     finish(ops, intake)
-    assert cli(capsys, "replay", intake.arn, "--force")[0] == 2  # no reason: bad usage
-    code, out, err = cli(capsys, "replay", intake.output["pipeline_execution_arn"], "--dry-run")
+    assert cli("replay", intake.arn, "--force")[0] == 2  # no reason: bad usage
+    code, out, err = cli("replay", intake.output["pipeline_execution_arn"], "--dry-run")
     assert code == 0 and "Pipeline.LockLost" in err and json.loads(out)["kind"] == "pipeline"
-    assert cli(capsys, "replay", intake.output["pipeline_execution_arn"])[0] == 1  # needs --yes
-    code, _, err = cli(capsys, "replay", intake.arn.replace(intake.arn.rsplit(":", 1)[1], "nope"))
+    assert cli("replay", intake.output["pipeline_execution_arn"])[0] == 1  # needs --yes
+    code, _, err = cli("replay", intake.arn.replace(intake.arn.rsplit(":", 1)[1], "nope"))
     assert code == 1 and "no execution" in err
 
 
-def test_locks_reset_then_redelivery_runs_the_window_again(ops, capsys):
+def test_locks_reset_then_redelivery_runs_the_window_again(ops, cli):
     finish(ops, ops.intake(load_event("live_event")))
     before = len(ops.pipeline_executions())
 
-    code, out, _ = cli(capsys, "locks", "reset", LOCK_KEY, "--reason", "features were wrong, INC-9")
+    code, out, _ = cli("locks", "reset", LOCK_KEY, "--reason", "features were wrong, INC-9")
     again = ops.intake(load_event("live_event"))
 
     assert code == 0 and json.loads(out)["status"] == "FAILED"
@@ -103,32 +93,32 @@ def test_locks_reset_then_redelivery_runs_the_window_again(ops, capsys):
     assert ops.lock(LOCK_KEY)["status"] == "SUCCEEDED"
 
 
-def test_locks_list_show_and_reset_rules(ops, capsys):
+def test_locks_list_show_and_reset_rules(ops, cli):
     finish(ops, ops.intake(load_event("live_event")))
     ops.set_lock({"lock_key": "other#v#2024-01-01T00:08:00Z#2024-01-01T00:09:00Z", "status": "FAILED",
                   "project_name": "other", "batch_start_ts_iso": "2024-01-01T00:08:00Z"})
 
-    code, out, _ = cli(capsys, "locks", "list", "--project", "traffic-anomaly", "--json")
+    code, out, _ = cli("locks", "list", "--project", "traffic-anomaly", "--json")
     assert code == 0 and [json.loads(line)["lock_key"] for line in out.splitlines()] == [LOCK_KEY]
-    code, out, _ = cli(capsys, "locks", "list", "--status", "FAILED", "--to", "2024-02-01T00:00:00Z", "--json")
+    code, out, _ = cli("locks", "list", "--status", "FAILED", "--to", "2024-02-01T00:00:00Z", "--json")
     assert [json.loads(line)["project_name"] for line in out.splitlines()] == ["other"]
-    assert LOCK_KEY in cli(capsys, "locks", "list")[1]
-    assert json.loads(cli(capsys, "locks", "show", LOCK_KEY, "--json")[1])["status"] == "SUCCEEDED"
-    assert cli(capsys, "locks", "show", "no#such#lock#x")[0] == 1
-    assert cli(capsys, "locks", "reset", LOCK_KEY)[0] == 2  # a reason is required: bad usage
-    code, out, err = cli(capsys, "locks", "reset", LOCK_KEY, "--reason", "r", "--dry-run")
+    assert LOCK_KEY in cli("locks", "list")[1]
+    assert json.loads(cli("locks", "show", LOCK_KEY, "--json")[1])["status"] == "SUCCEEDED"
+    assert cli("locks", "show", "no#such#lock#x")[0] == 1
+    assert cli("locks", "reset", LOCK_KEY)[0] == 2  # a reason is required: bad usage
+    code, out, err = cli("locks", "reset", LOCK_KEY, "--reason", "r", "--dry-run")
     assert json.loads(out)["status"] == "FAILED" and "dry run: nothing was written" in err
     assert ops.lock(LOCK_KEY)["status"] == "SUCCEEDED"  # dry run changed nothing
 
 
-def test_defaults_put_validates_before_writing(ops, capsys, tmp_path):
+def test_defaults_put_validates_before_writing(ops, cli, tmp_path):
     bad = tmp_path / "bad.json"
     bad.write_text(json.dumps([{**load_event("project_defaults"), "project_name": "fine-one"},
                                {"project_name": "broken", "feature_spec_version": "v#1",
                                 "traffic_input": {"field_mapping": {"source_ip": "s"}},
                                 "delta_builder": {"instance_count": "3"}}]))
 
-    code, _, err = cli(capsys, "defaults", "put", str(bad))
+    code, _, err = cli("defaults", "put", str(bad))
 
     assert code == 1
     assert "feature_spec_version" in err and "destination_ip" in err and "instance_count" in err
@@ -136,10 +126,10 @@ def test_defaults_put_validates_before_writing(ops, capsys, tmp_path):
                                         Key={"project_name": {"S": "fine-one"}}).get("Item") is None
 
 
-def test_example_defaults_items_are_valid_and_the_intake_accepts_them(ops, capsys):
+def test_example_defaults_items_are_valid_and_the_intake_accepts_them(ops, cli):
     files = sorted(str(p) for p in (ROOT / "sam" / "project-defaults").glob("*.json"))
-    assert cli(capsys, "defaults", "check", *files)[0] == 0
-    assert cli(capsys, "defaults", "put", *files)[0] == 0
+    assert cli("defaults", "check", *files)[0] == 0
+    assert cli("defaults", "put", *files)[0] == 0
     for path in files:
         project = json.loads(Path(path).read_text())["project_name"]
         event = {"s3_key": f"acme/netsec/{project}/2024/05/01/mb-1/f.json.gz", "timestamp": "2024-05-01T10:10:00Z"}
@@ -208,15 +198,15 @@ def test_diagrams_show_every_state_and_transition(asl):
 
 # --- the ledger on any item, a reset that is safe, replays that name their owner ---------------
 
-def test_locks_work_on_items_another_orchestrator_wrote(ops, capsys):
+def test_locks_work_on_items_another_orchestrator_wrote(ops, cli):
     ops.set_lock({"lock_key": "legacy#1"})
     ops.set_lock({"lock_key": "legacy#2", "status": "SUCCEEDED"})
 
-    code, out, _ = cli(capsys, "locks", "list", "--json")
-    table = cli(capsys, "locks", "list")[1]
-    shown = json.loads(cli(capsys, "locks", "show", "legacy#1", "--json")[1])
-    reset_bare = cli(capsys, "locks", "reset", "legacy#1", "--reason", "adopted by mlbatch")
-    reset_done = cli(capsys, "locks", "reset", "legacy#2", "--reason", "re-run under mlbatch")
+    code, out, _ = cli("locks", "list", "--json")
+    table = cli("locks", "list")[1]
+    shown = json.loads(cli("locks", "show", "legacy#1", "--json")[1])
+    reset_bare = cli("locks", "reset", "legacy#1", "--reason", "adopted by mlbatch")
+    reset_done = cli("locks", "reset", "legacy#2", "--reason", "re-run under mlbatch")
 
     assert code == 0 and [json.loads(line)["lock_key"] for line in out.splitlines()] == ["legacy#1", "legacy#2"]
     assert "legacy#1" in table and shown == {"lock_key": "legacy#1"}
@@ -226,7 +216,7 @@ def test_locks_work_on_items_another_orchestrator_wrote(ops, capsys):
     assert ops.lock("legacy#2")["reason"] == "re-run under mlbatch"
 
 
-def test_locks_list_filters_by_mini_batch_source_and_window_start(ops, capsys):
+def test_locks_list_filters_by_mini_batch_source_and_window_start(ops, cli):
     base = {"project_name": "p", "status": "SUCCEEDED"}
     ops.set_lock({**base, "lock_key": "a", "mini_batch_id": "mb-1", "source": "inference",
                   "batch_start_ts_iso": "2024-03-01T00:08:00Z"})
@@ -236,7 +226,7 @@ def test_locks_list_filters_by_mini_batch_source_and_window_start(ops, capsys):
                   "batch_start_ts_iso": "2024-03-02T00:08:00Z"})
 
     def keys(*argv):
-        code, out, err = cli(capsys, "locks", "list", "--json", *argv)
+        code, out, err = cli("locks", "list", "--json", *argv)
         assert code == 0, err
         return [json.loads(line)["lock_key"] for line in out.splitlines()]
 
@@ -247,16 +237,16 @@ def test_locks_list_filters_by_mini_batch_source_and_window_start(ops, capsys):
     assert keys("--from", "2024-03-01T00:08:00.5Z") == ["b", "c"]
 
 
-def test_locks_reset_refuses_an_in_progress_lock_unless_told_and_then_shows_its_pipeline(ops, capsys):
+def test_locks_reset_refuses_an_in_progress_lock_unless_told_and_then_shows_its_pipeline(ops, cli):
     intake = ops.intake(load_event("live_event"))
     pipeline = intake.output["pipeline_execution_arn"]
     finish(ops, intake)
     ops.set_lock({**ops.lock(LOCK_KEY), "status": "IN_PROGRESS", "error": "States.TaskFailed", "cause": "job 1"})
 
-    refused = cli(capsys, "locks", "reset", LOCK_KEY, "--reason", "stuck")
-    dry = cli(capsys, "locks", "reset", LOCK_KEY, "--reason", "stuck", "--in-progress-ok", "--dry-run")
+    refused = cli("locks", "reset", LOCK_KEY, "--reason", "stuck")
+    dry = cli("locks", "reset", LOCK_KEY, "--reason", "stuck", "--in-progress-ok", "--dry-run")
     unchanged = ops.lock(LOCK_KEY)
-    done = cli(capsys, "locks", "reset", LOCK_KEY, "--reason", "stuck", "--in-progress-ok")
+    done = cli("locks", "reset", LOCK_KEY, "--reason", "stuck", "--in-progress-ok")
 
     assert refused[0] == 1 and "IN_PROGRESS" in refused[2] and pipeline in refused[2] and "SUCCEEDED" in refused[2]
     assert "--in-progress-ok" in refused[2]
@@ -280,14 +270,14 @@ def test_locks_reset_never_overwrites_a_lock_that_changed_after_it_was_read(ops)
     assert ops.lock("race#1") == {"lock_key": "race#1", "status": "IN_PROGRESS", "pipeline_execution_arn": "arn:new"}
 
 
-def test_replay_names_stay_within_80_characters_and_apart(ops, capsys):
+def test_replay_names_stay_within_80_characters_and_apart(ops, cli):
     from mlbatch.operator import replay_name
     long_a, long_b = "a" * 70 + "-first-run", "a" * 70 + "-other-run"
     failed = [ops.engine.run(ops.arn("IntakeStateMachine"), {"hello": 1}, name=n) for n in (long_a, long_b)]
 
-    names = [json.loads(cli(capsys, "replay", f.arn, "--dry-run")[1])["name"] for f in failed]
-    first = json.loads(cli(capsys, "replay", failed[0].arn)[1])
-    again = json.loads(cli(capsys, "replay", first["started"])[1])  # a replay of the replay
+    names = [json.loads(cli("replay", f.arn, "--dry-run")[1])["name"] for f in failed]
+    first = json.loads(cli("replay", failed[0].arn)[1])
+    again = json.loads(cli("replay", first["started"])[1])  # a replay of the replay
 
     assert all(len(n) <= 80 for n in names + [first["name"], again["name"]])
     assert names[0] != names[1] and names[0].endswith("-replay-1") and names[0].startswith("a" * 40)
@@ -295,14 +285,14 @@ def test_replay_names_stay_within_80_characters_and_apart(ops, capsys):
     assert replay_name("8a2b", 3) == "8a2b-replay-3"
 
 
-def test_replay_of_a_pipeline_names_the_intake_execution_owning_its_window(ops, capsys, monkeypatch):
+def test_replay_of_a_pipeline_names_the_intake_execution_owning_its_window(ops, cli, monkeypatch):
     intake = ops.intake(load_event("live_event"))
     finish(ops, intake)
     pipeline = intake.output["pipeline_execution_arn"]
 
-    code, _, err = cli(capsys, "replay", pipeline, "--dry-run")
+    code, _, err = cli("replay", pipeline, "--dry-run")
     monkeypatch.delenv("MLBATCH_LOCK_TABLE")
-    _, _, err_without_table = cli(capsys, "replay", pipeline, "--dry-run")
+    _, _, err_without_table = cli("replay", pipeline, "--dry-run")
 
     assert code == 0
     assert f"The intake execution that owns the window: {intake.arn}" in err
