@@ -362,3 +362,18 @@ def test_the_published_metrics_equal_the_runs_counts(live):
     assert _metric(live, "BackfillUnitsNotRun", name) == out["failed"] + out["collided"] + out["invalid"] + out["uncounted"]
     assert _metric(live, "BackfillWindowsPoisoned", name) == out["poisoned"]
     assert _metric(live, "BackfillBookkeepingWritesFailed", name) == 0
+
+
+def test_a_pipeline_still_running_when_the_wait_ends_keeps_its_lock():
+    # (the engine cannot end a .sync wait before the pipeline ends: the routing is read from the ASL)
+    from mlbatch.settings import ROOT
+    backfill = json.loads((ROOT / "asl" / "backfill.asl.json").read_text())
+    for name in ("Process the manifest", "Process the typed units"):
+        states = backfill["States"][name]["ItemProcessor"]["States"]
+        sfx = "" if name == "Process the manifest" else " (typed units)"
+        choice = states[f"Is it this lock's pipeline run?{sfx}"]
+        running, ended = choice["Choices"]
+        assert {"Variable": "$.pipeline_run.status", "StringEquals": "RUNNING"} in running["And"]
+        assert running["Next"] == f"Record the failed pipeline{sfx}"  # no lock write: the run finalizes it
+        assert ended["Next"] == f"Mark the lock of the pipeline run failed{sfx}"
+        assert choice["Default"] == f"Was the lock new?{sfx}"
