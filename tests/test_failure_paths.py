@@ -377,3 +377,21 @@ def test_a_pipeline_still_running_when_the_wait_ends_keeps_its_lock():
         assert running["Next"] == f"Record the failed pipeline{sfx}"  # no lock write: the run finalizes it
         assert ended["Next"] == f"Mark the lock of the pipeline run failed{sfx}"
         assert choice["Default"] == f"Was the lock new?{sfx}"
+
+
+def test_map_run_counts_that_cannot_be_read_are_unknown_named_and_kept_out_of_the_metrics(live):
+    # GIVEN a backfill whose DescribeMapRun keeps failing, with one unit that does not run
+    (u,) = folders(live, "maprun-proj", dt.date(2024, 7, 10), ["mb-1"])
+    bad = {**u, "org1": "elsewhere"}
+    machine = live.backfill_variant("HappyPath").rsplit(":", 1)[-1]
+    before = {m: _metric(live, m, machine) or 0 for m in ("BackfillUnitsNotRun", "BackfillBookkeepingWritesFailed")}
+
+    result = live.engine.run(live.backfill_variant("HappyPath") + "#MapRunCountsUnknown", {"units": [bad]}, timeout=180)
+
+    # THEN units and uncounted say unknown (-1), the output names what could not be written, and the
+    # metrics count the invalid unit, not -1, and the bookkeeping failure
+    out = result.output
+    assert (out["units"], out["uncounted"], out["invalid"]) == (-1, -1, 1)
+    assert set(out["unwritten"]) == {"map_run_counts"}
+    assert _metric(live, "BackfillUnitsNotRun", machine) - before["BackfillUnitsNotRun"] == 1
+    assert _metric(live, "BackfillBookkeepingWritesFailed", machine) - before["BackfillBookkeepingWritesFailed"] == 1
