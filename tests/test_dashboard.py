@@ -174,7 +174,7 @@ def test_the_dashboard_answers_the_operators_questions():
     for name in ("ExecutionsSucceeded", "ExecutionsFailed", "ExecutionsTimedOut", "ExecutionTime"):
         assert ("AWS/States", name, (pipeline,)) in shown
     assert ("AWS/States", "ExecutionsStarted", (release,)) in shown
-    backfill_units = {(ns, name) for _, ns, name, _, _ in published_metrics()}
+    backfill_units = {(ns, name) for logical, ns, name, _, _ in published_metrics() if logical == "BackfillStateMachine"}
     assert backfill_units and backfill_units <= {(ns, name) for _, ns, name, _ in rows}
     for name in ("ApproximateAgeOfOldestMessage", "ApproximateNumberOfMessagesVisible"):
         assert ("AWS/SQS", name, (queue,)) in shown
@@ -182,11 +182,20 @@ def test_the_dashboard_answers_the_operators_questions():
     assert ("AWS/EventBridge/Pipes", "ExecutionFailed", (tpl.physical_name("IntakePipe"),)) in shown
 
 
-def test_no_state_machine_publishes_a_metric_per_batch_only_the_backfill_once_per_run():
+def test_every_metric_a_state_machine_publishes_is_graphed():
+    graphed = {(ns, name) for _, ns, name, _ in metric_rows(body(deployed("defaults")))}
+
+    published = {(ns, name) for _, ns, name, _, _ in published_metrics()}
+    assert published and published <= graphed, f"published but not on the dashboard: {published - graphed}"
+
+
+def test_the_dashboard_adds_no_call_per_batch_the_backfill_publishes_once_per_run():
     published = list(published_metrics())
 
-    assert {logical for logical, *_ in published} == {"BackfillStateMachine"}
-    assert all(" > " not in path for *_, path in published), "a putMetricData inside a Map runs per unit"
+    # every batch event passes the intake (redeliveries again): it publishes nothing
+    assert not [path for logical, *_, path in published if logical == "IntakeStateMachine"]
+    backfill = [path for logical, *_, path in published if logical == "BackfillStateMachine"]
+    assert backfill and all(" > " not in path for path in backfill), "a putMetricData inside the Map runs per unit"
 
 
 # --- named after the stack, and found from its outputs ---------------------------------------------------
