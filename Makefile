@@ -2,13 +2,14 @@
 #   make run    the main job: the intake end to end on the embedded engine
 #   make test   the whole test suite (with every offline validator)
 #   make bench  the benchmark table the README quotes
+#   make wheels every dependency resolves to wheels for Python 3.12 and 3.13 (PyPI, afresh)
 
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 TOOLS  := .tools
 
-.PHONY: setup tools run test bench render clean
+.PHONY: setup tools run test bench render wheels clean
 
 setup: $(VENV)/.installed
 
@@ -57,6 +58,10 @@ bench: setup
 
 render: setup
 	$(BIN)/mlbatch render
+
+# `make test` runs the same check but remembers a success for 7 days (tests/test_python_versions.py).
+wheels: setup
+	MLBATCH_WHEELS_FRESH=1 $(BIN)/python -m pytest -q tests/test_python_versions.py
 
 clean:
 	rm -rf $(VENV) $(TOOLS) *.egg-info scripts/*.egg-info
