@@ -373,6 +373,8 @@ def cmd_audit(args) -> int:
         print(json.dumps({"summary": summary}))
     else:
         print(summary_table(summary), file=sys.stderr)
+    if summary.get("binding_warning"):
+        print(f"mlbatch audit: warning: {summary['binding_warning']}", file=sys.stderr)
     if args.manifest:
         heal = (f"{summary['manifest_units']} units to heal" if not args.dry_run else
                 f"{summary['healable']} units would be healed")

@@ -32,7 +32,7 @@ import boto3
 from .window import InvalidTimestamp, iso_z, window_at
 
 __all__ = ["read_request", "ExtractError", "Extractor", "Report", "UNIT_FIELDS", "SUSPECT_AFTER_DAYS",
-           "iso_from_last_modified", "lock_key", "unit_dict", "batch_get", "check_output", "open_output", "write_units"]
+           "iso_from_last_modified", "lock_key", "binding_key", "unit_dict", "batch_get", "check_output", "open_output", "write_units"]
 
 #: The execution-unit contract, in the order every unit line is written.
 UNIT_FIELDS = ("project_name", "org1", "org2", "mini_batch_id", "mini_batch_s3_prefix", "feature_spec_version",
@@ -63,6 +63,12 @@ def lock_key(unit: dict) -> str:
     the backfill write it."""
     return "#".join([unit["project_name"], unit["feature_spec_version"], unit["batch_start_ts_iso"],
                      unit["batch_end_ts_iso"]])
+
+
+def binding_key(feature_spec_version: str, mini_batch_s3_prefix: str) -> str:
+    """`batch#<feature_spec_version>#<mini_batch_s3_prefix>`: the key of a batch's binding item in the lock
+    table (the prefix exactly as in the unit, trailing slash), as the intake and the backfill write it."""
+    return f"batch#{feature_spec_version}#{mini_batch_s3_prefix}"
 
 
 def unit_dict(record: tuple) -> dict[str, Any]:
