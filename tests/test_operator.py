@@ -209,7 +209,7 @@ def test_locks_work_on_items_another_orchestrator_wrote(ops, cli):
     reset_done = cli("locks", "reset", "legacy#2", "--reason", "re-run under mlbatch")
 
     assert code == 0 and [json.loads(line)["lock_key"] for line in out.splitlines()] == ["legacy#1", "legacy#2"]
-    assert "legacy#1" in table and shown == {"lock_key": "legacy#1"}
+    assert "legacy#1" in table and shown == {"kind": "window", "lock_key": "legacy#1"}  # no batch to name
     assert (reset_bare[0], reset_done[0]) == (0, 0)
     assert ops.lock("legacy#1")["status"] == "FAILED" and "previous_error" not in ops.lock("legacy#1")
     assert "was SUCCEEDED" in reset_done[2]

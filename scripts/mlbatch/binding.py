@@ -18,7 +18,7 @@ from .failures import Failure
 from .items import from_item
 
 __all__ = ["BINDING_TYPE", "BINDING_FIELDS", "MIGRATION_BY", "kind", "is_binding", "read_bindings", "bound_window",
-           "window_rank", "BindPlan", "plan_bind", "apply_bind"]
+           "window_rank", "BindPlan", "plan_bind", "apply_bind", "with_batches", "related"]
 
 BINDING_TYPE = "batch_binding"
 #: Every attribute of a binding item (all strings), as the contract names them.
@@ -202,3 +202,46 @@ def apply_bind(plan: BindPlan, table: str, ddb) -> None:
             line.update(outcome="conflict", bound_window_lock_key=bound.get("window_lock_key"),
                         bound_source=bound.get("bound_source"))
         plan.counts[line["outcome"]] += 1
+
+
+# --- `locks list` and `locks show`: a lock's batch, a batch's lock --------------------------------------
+
+def with_batches(items: list[dict]) -> list[dict]:
+    """Listed items (plain JSON) with `kind` first, and `bound`: for a binding, the window it binds
+    (`window_lock_key`); for a window lock, `yes` when a listed binding names it, `no (batch bound to
+    another window)` or `no binding`, `-` when it names no batch (no prefix or version)."""
+    bound_to = {i["lock_key"]: i.get("window_lock_key") for i in items if is_binding(i)}
+    out = []
+    for item in items:
+        row = {"kind": kind(item), **item}
+        if row["kind"] == "binding":
+            row["bound"] = f"-> {item.get('window_lock_key')}"
+        elif isinstance(item.get("feature_spec_version"), str) and isinstance(item.get("mini_batch_s3_prefix"), str):
+            bkey = binding_key(item["feature_spec_version"], item["mini_batch_s3_prefix"])
+            row["binding_key"] = bkey
+            target = bound_to.get(bkey)
+            row["bound"] = ("no binding" if bkey not in bound_to else "yes" if target == item["lock_key"]
+                            else "no (batch bound to another window)")
+        else:
+            row["bound"] = "-"
+        out.append(row)
+    return out
+
+
+def related(table: str, item: dict, ddb) -> dict:
+    """A shown item with `kind` and the other half of its binding: a window lock gets `binding` (its
+    batch's binding item, or null) and `bound_here` (whether that binding names this window); a
+    binding gets `window_lock` (the window lock it names, or null)."""
+    def get(key: str) -> dict | None:
+        found = ddb.get_item(TableName=table, Key={"lock_key": {"S": key}}, ConsistentRead=True).get("Item")
+        return from_item(found) if found else None
+
+    out = {"kind": kind(item), **item}
+    if out["kind"] == "binding":
+        window = item.get("window_lock_key")
+        out["window_lock"] = get(window) if isinstance(window, str) else None
+    elif isinstance(item.get("feature_spec_version"), str) and isinstance(item.get("mini_batch_s3_prefix"), str):
+        binding = get(binding_key(item["feature_spec_version"], item["mini_batch_s3_prefix"]))
+        out["binding"] = binding
+        out["bound_here"] = bool(binding) and binding.get("window_lock_key") == item["lock_key"]
+    return out

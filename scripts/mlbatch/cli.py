@@ -488,22 +488,54 @@ def cmd_defaults(args) -> int:
     return 0
 
 
+def _locks_bind(args, table: str, ddb) -> int:
+    """`locks bind`: bind the batches of window locks written before batch bindings (docs/upgrading.md)."""
+    from .binding import apply_bind, plan_bind
+    plan = plan_bind(table, ddb, args.project)
+    if args.dry_run:
+        for line, _ in plan.writes:
+            line["outcome"] = "would_bind"
+    else:
+        apply_bind(plan, table, ddb)
+    for line in plan.lines:
+        print(json.dumps(line))
+    summary = plan.summary(args.dry_run)
+    print(json.dumps({"summary": summary}))
+    done = (f"{summary['would_bind']} batches would be bound (dry run: nothing was written to {table})"
+            if args.dry_run else f"{summary['bound']} batches bound")
+    print(f"mlbatch locks bind: {summary['window_locks']} window locks, {summary['batches']} batches: {done}, "
+          f"{summary['skipped']} already bound, {summary['unbindable']} unbindable (no mini_batch_s3_prefix or "
+          f"feature_spec_version), {summary['conflicts']} bound to another window (kept), {summary['duplicates']} "
+          "duplicate window locks of a bound batch (kept; see `mlbatch locks show`)", file=sys.stderr)
+    return 0
+
+
 def cmd_locks(args) -> int:
-    """The lock ledger: list, show, or reset a window (reset marks it FAILED; nothing is deleted)."""
+    """The lock ledger: list, show, reset a window (reset marks it FAILED; nothing is deleted), or bind
+    the batches of window locks written before batch bindings."""
+    from .binding import kind, with_batches
     from .operator import apply_reset, list_locks, plan_reset, show_lock
     from .trace import ledger_table
     with _table(args, "lock") as (table, ddb):
+        if args.action == "bind":
+            return _locks_bind(args, table, ddb)
         if args.action == "list":
             locks = list_locks(table, args.project, args.status, args.window_from, args.window_to, ddb,
                                mini_batch=args.mini_batch, source=args.source)
+            locks = [row for row in with_batches(locks) if not args.kind or row["kind"] == args.kind]
             if args.json:
                 for lock in locks:
                     print(json.dumps(lock))
             else:
                 print(ledger_table(locks))
         elif args.action == "show":
-            print(json.dumps(show_lock(table, args.lock_key, ddb), indent=None if args.json else 2))
+            from .binding import related
+            print(json.dumps(related(table, show_lock(table, args.lock_key, ddb), ddb), indent=None if args.json else 2))
         else:
+            if kind({"lock_key": args.lock_key}) == "binding":
+                from .failures import Failure
+                raise Failure(f"{args.lock_key!r} is a batch binding, not a window lock: reset its window lock "
+                              "(`mlbatch locks show` on it names it as window_lock_key)")
             plan = plan_reset(table, args.lock_key, args.reason, args.in_progress_ok, ddb)
             if plan.owner:
                 print(f"mlbatch locks: {args.lock_key} is IN_PROGRESS; its pipeline execution "
@@ -718,9 +750,11 @@ def main(argv: list[str] | None = None) -> int:
                               "  mlbatch locks list --from 2024-03-01 --to 2024-03-01T12:00:00Z\n"
                               "  mlbatch locks show 'traffic-anomaly#fs-2024-06#2024-02-29T23:53:00Z#...'\n"
                               "  mlbatch locks reset '<lock_key>' --reason 'builder image fixed, INC-4711'\n"
+                              "  mlbatch locks bind --dry-run   # the upgrade step: docs/upgrading.md\n"
                               "exit codes: 0 ok, 1 no such lock / refused / AWS error, 2 usage")
-    p.add_argument("action", choices=["list", "show", "reset"])
-    p.add_argument("lock_key", nargs="?", help="for show and reset")
+    p.add_argument("action", choices=["list", "show", "reset", "bind"])
+    p.add_argument("lock_key", nargs="?", help="for show (a window lock's key or a binding's, batch#...) and reset")
+    p.add_argument("--kind", choices=["window", "binding"], help="for list: only window locks, or only bindings")
     p.add_argument("--table", help="lock table (default: $MLBATCH_LOCK_TABLE)")
     p.add_argument("--project")
     p.add_argument("--status", choices=["IN_PROGRESS", "SUCCEEDED", "FAILED"])
@@ -733,7 +767,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--reason", help="for reset (required): recorded on the lock")
     p.add_argument("--in-progress-ok", action="store_true",
                    help="for reset: reset an IN_PROGRESS lock (its pipeline may still run: check it first)")
-    p.add_argument("--dry-run", action="store_true", help="for reset: show the result, write nothing")
+    p.add_argument("--dry-run", action="store_true", help="for reset and bind: say what it would write, write nothing")
     p.add_argument("--json", action="store_true", help="JSON (Lines for list) for scripts")
     p.set_defaults(func=cmd_locks)
     p = sub.add_parser("backfill", help=_summary(cmd_backfill), description=_doc(cmd_backfill),
