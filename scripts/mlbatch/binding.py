@@ -245,3 +245,56 @@ def related(table: str, item: dict, ddb) -> dict:
         out["binding"] = binding
         out["bound_here"] = bool(binding) and binding.get("window_lock_key") == item["lock_key"]
     return out
+
+
+# --- `backfill show`: which of a run's units adopted a bound window -------------------------------------
+
+def _run_units(run: dict, s3, artifacts_bucket: str | None) -> tuple[list, str]:
+    """A backfill run's units, from the input its run record keeps: inline `units`, its `manifest`, or
+    the extracted manifest backfill/<run_id>/units.jsonl in the artifacts bucket. (units, where)."""
+    import json
+    try:
+        options = json.loads(run.get("input") or "{}")
+    except (TypeError, ValueError):
+        raise BindError("the run record's input is not JSON") from None
+    if isinstance(options.get("units"), list):
+        return options["units"], "the run's input"
+    manifest = options.get("manifest")
+    if isinstance(manifest, dict) and isinstance(manifest.get("bucket"), str) and isinstance(manifest.get("key"), str):
+        bucket, key = manifest["bucket"], manifest["key"]
+    elif artifacts_bucket:
+        bucket, key = artifacts_bucket, f"backfill/{run['run_id']}/units.jsonl"
+    else:
+        raise BindError("the run extracted its units into the artifacts bucket: name it with --artifacts-bucket "
+                        "or MLBATCH_ARTIFACTS_BUCKET (the stack's ArtifactsBucketName output)")
+    try:
+        body = s3.get_object(Bucket=bucket, Key=key)["Body"].read().decode()
+    except Exception as exc:
+        raise BindError(f"cannot read the run's units at s3://{bucket}/{key}: {exc}") from None
+    units = []
+    for text in body.splitlines():
+        try:
+            units.append(json.loads(text) if text.strip() else None)
+        except ValueError:
+            units.append(None)
+    return units, f"s3://{bucket}/{key}"
+
+
+def run_adoptions(run: dict, lock_table: str, ddb, s3, artifacts_bucket: str | None = None) -> tuple[list[dict], str]:
+    """(the run's units whose batch is bound to a window other than their own -- they adopted it, or
+    will while the run goes on --, where the units were read). One BatchGetItem per 100 units."""
+    units, where = _run_units(run, s3, artifacts_bucket)
+    fields = ("project_name", "feature_spec_version", "mini_batch_s3_prefix", "batch_start_ts_iso", "batch_end_ts_iso")
+    readable = [(i, u) for i, u in enumerate(units)
+                if isinstance(u, dict) and all(isinstance(u.get(f), str) for f in fields)]
+    out = []
+    for n in range(0, len(readable), 100):
+        chunk = readable[n:n + 100]
+        keys = [binding_key(u["feature_spec_version"], u["mini_batch_s3_prefix"]) for _, u in chunk]
+        bindings = read_bindings(ddb, lock_table, list(dict.fromkeys(keys)))
+        for (line, unit), key in zip(chunk, keys):
+            window, start, end, adopted_from = bound_window(unit, bindings.get(key))
+            if adopted_from:
+                out.append({"line": line, "mini_batch_id": unit.get("mini_batch_id"), "lock_key": window,
+                            "batch_start_ts_iso": start, "batch_end_ts_iso": end, "window_adopted_from": adopted_from})
+    return out, where

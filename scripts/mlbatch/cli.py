@@ -280,8 +280,11 @@ def cmd_extract(args) -> int:
                 group = list(group)
                 row = {"project_name": project, "day": "-".join(day), "units": len(group)}
                 if args.lock_table:
-                    row["already_succeeded"] = ex.count_succeeded(args.lock_table, group)
+                    row["already_succeeded"], adopting = ex.ledger_plan(args.lock_table, group)
                     ex.report.already_succeeded += row["already_succeeded"]
+                    if adopting:  # their batches are bound to another window: the backfill adopts it
+                        row["will_adopt"] = adopting
+                        ex.report.will_adopt += len(adopting)
                 print(json.dumps(row))
         else:
             with open_output(args.output) as out:  # checked (writable path, existing bucket) before the listing
@@ -319,7 +322,8 @@ def _extract_parser(sub) -> None:
     p.add_argument("--strict", action="store_true",
                    help="fatal (exit 1, no output published): an unknown project, or any suspect LastModified")
     p.add_argument("--dry-run", action="store_true", help="print the plan per project and day; write nothing")
-    p.add_argument("--lock-table", help="with --dry-run: count windows already SUCCEEDED")
+    p.add_argument("--lock-table", help="with --dry-run: count windows already SUCCEEDED (through each batch's "
+                                        "binding) and name the units that will adopt a bound window")
     p.add_argument("--workers", type=_int_at_least(1), default=8, help="date spans listed in parallel (default 8)")
     p.add_argument("--quiet", action="store_true", help="no progress on stderr")
     p.set_defaults(func=cmd_extract)
@@ -560,7 +564,23 @@ def cmd_backfill(args) -> int:
                 print(json.dumps(run))
             return 0
         run = backfill_run(table, args.run_id, ddb)
+        lock_table = args.lock_table or os.environ.get("MLBATCH_LOCK_TABLE")
+        if lock_table:  # which units adopted a window their batch was already bound to
+            import boto3
+
+            from .binding import run_adoptions
+            from .failures import Failure
+            try:
+                run["units_adopting"], where = run_adoptions(
+                    run, lock_table, ddb, boto3.client("s3"),
+                    args.artifacts_bucket or os.environ.get("MLBATCH_ARTIFACTS_BUCKET"))
+            except Failure as exc:
+                print(f"mlbatch backfill: warning: which units adopt a bound window is unknown: {exc}",
+                      file=sys.stderr)
     print(json.dumps(run, indent=None if args.json else 2))
+    if "units_adopting" in run:
+        print(f"mlbatch backfill: {len(run['units_adopting'])} units adopt{'ed' if run.get('closed_at') else ''} "
+              f"the window their batch is bound to (units from {where}; see units_adopting)", file=sys.stderr)
     counts = {k: run.get(k, 0) for k in ("started", "suppressed", "collided", "invalid", "failed", "poisoned")}
     print(f"mlbatch backfill: {run.get('units', '?')} units: " + ", ".join(f"{v} {k}" for k, v in counts.items())
           + f", {run.get('uncounted', 0)} uncounted" + ("" if run.get("closed_at") else " (still running)"),
@@ -778,6 +798,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("action", choices=["list", "show"])
     p.add_argument("run_id", nargs="?", help="for show: the backfill execution's name (its run_id)")
     p.add_argument("--table", help="backfill runs table (default: $MLBATCH_RUNS_TABLE)")
+    p.add_argument("--lock-table", help="for show: lock table, to name the units that adopt a bound window "
+                                        "(default: $MLBATCH_LOCK_TABLE)")
+    p.add_argument("--artifacts-bucket", help="for show: where an extracted run's units are (default: "
+                                              "$MLBATCH_ARTIFACTS_BUCKET)")
     p.add_argument("--json", action="store_true", help="one line of JSON")
     p.set_defaults(func=cmd_backfill)
     p = sub.add_parser("replay", help=_summary(cmd_replay), description=_doc(cmd_replay),
