@@ -98,7 +98,7 @@ def test_locks_list_show_and_reset_rules(ops, cli):
     ops.set_lock({"lock_key": "other#v#2024-01-01T00:08:00Z#2024-01-01T00:09:00Z", "status": "FAILED",
                   "project_name": "other", "batch_start_ts_iso": "2024-01-01T00:08:00Z"})
 
-    code, out, _ = cli("locks", "list", "--project", "traffic-anomaly", "--json")
+    code, out, _ = cli("locks", "list", "--project", "traffic-anomaly", "--kind", "window", "--json")
     assert code == 0 and [json.loads(line)["lock_key"] for line in out.splitlines()] == [LOCK_KEY]
     code, out, _ = cli("locks", "list", "--status", "FAILED", "--to", "2024-02-01T00:00:00Z", "--json")
     assert [json.loads(line)["project_name"] for line in out.splitlines()] == ["other"]
