@@ -317,3 +317,33 @@ def test_backfill_show_names_the_units_that_adopted_a_bound_window(bound, cli):
     assert code == 0 and [(a["line"], a["mini_batch_id"]) for a in shown["units_adopting"]] == [(0, "mb-grid")]
     assert shown["units_adopting"][0]["window_adopted_from"] == own_window("mb-grid")
     assert "1 units adopted the window their batch is bound to" in err
+
+
+def test_locks_show_of_a_batch_folder_names_its_binding_and_window_lock(bound, cli):
+    table = bound.table("LockTable")
+    prefix = unit("mb-grid")["mini_batch_s3_prefix"]
+
+    code, out, _ = cli("locks", "show", prefix.rstrip("/"), "--json", "--table", table)
+
+    (shown,) = [json.loads(line) for line in out.splitlines()]
+    assert code == 0 and shown["lock_key"] == bkey("mb-grid")
+    assert shown["window_lock"]["lock_key"] == live_window("mb-grid")["lock_key"]
+    code, _, err = cli("locks", "show", f"s3://{BUCKET}/nowhere/", "--table", table)
+    assert code == 1 and "no binding and no window lock names the batch folder" in err
+
+
+def test_the_migration_keeps_a_binding_a_flow_wrote_between_its_scan_and_its_write(ingest):
+    from mlbatch.binding import apply_bind, plan_bind
+    sb, table = ingest, ingest.table("LockTable")
+    sb.clear_locks()
+    window_lock(sb, "mb-late", own_window("mb-late"), "backfill", "2024-07-02T09:00:00.000Z")
+    plan = plan_bind(table, sb.engine.dynamodb)
+    bind(sb, "mb-late", live_window("mb-late"))  # a live event binds the batch meanwhile
+
+    apply_bind(plan, table, sb.engine.dynamodb)
+
+    (line,) = plan.lines
+    assert (line["outcome"], line["bound_window_lock_key"]) == ("conflict", live_window("mb-late")["lock_key"])
+    assert sb.lock(bkey("mb-late"))["bound_source"] == "inference"  # the flow's binding, untouched
+    assert plan.summary(dry_run=False)["conflicts"] == 1
+    sb.clear_locks()

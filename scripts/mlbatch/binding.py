@@ -298,3 +298,19 @@ def run_adoptions(run: dict, lock_table: str, ddb, s3, artifacts_bucket: str | N
                 out.append({"line": line, "mini_batch_id": unit.get("mini_batch_id"), "lock_key": window,
                             "batch_start_ts_iso": start, "batch_end_ts_iso": end, "window_adopted_from": adopted_from})
     return out, where
+
+
+def batch_items(table: str, prefix: str, ddb) -> list[dict]:
+    """`locks show s3://...`: a batch folder's items (one Scan of the table, filtered on
+    mini_batch_s3_prefix): its bindings (one per feature_spec_version) with their window locks, or, for a
+    batch never bound, its window locks with `binding: null`."""
+    prefix = prefix if prefix.endswith("/") else prefix + "/"
+    pages = ddb.get_paginator("scan").paginate(
+        TableName=table, FilterExpression="#p = :p", ExpressionAttributeNames={"#p": "mini_batch_s3_prefix"},
+        ExpressionAttributeValues={":p": {"S": prefix}})
+    items = sorted((from_item(i) for page in pages for i in page["Items"]), key=lambda i: i["lock_key"])
+    bindings = [i for i in items if is_binding(i)]
+    if not items:
+        raise BindError(f"no binding and no window lock names the batch folder {prefix} in {table}: check the "
+                        "prefix (s3://bucket/org1/org2/project/YYYY/MM/dd/mini_batch_id/)")
+    return [related(table, i, ddb) for i in (bindings or items)]

@@ -533,8 +533,11 @@ def cmd_locks(args) -> int:
             else:
                 print(ledger_table(locks))
         elif args.action == "show":
-            from .binding import related
-            print(json.dumps(related(table, show_lock(table, args.lock_key, ddb), ddb), indent=None if args.json else 2))
+            from .binding import batch_items, related
+            shown = (batch_items(table, args.lock_key, ddb) if args.lock_key.startswith("s3://") else
+                     [related(table, show_lock(table, args.lock_key, ddb), ddb)])
+            for item in shown:
+                print(json.dumps(item, indent=None if args.json else 2))
         else:
             if kind({"lock_key": args.lock_key}) == "binding":
                 from .failures import Failure
@@ -770,10 +773,12 @@ def main(argv: list[str] | None = None) -> int:
                               "  mlbatch locks list --from 2024-03-01 --to 2024-03-01T12:00:00Z\n"
                               "  mlbatch locks show 'traffic-anomaly#fs-2024-06#2024-02-29T23:53:00Z#...'\n"
                               "  mlbatch locks reset '<lock_key>' --reason 'builder image fixed, INC-4711'\n"
+                              "  mlbatch locks show s3://ingest/acme/netsec/traffic-anomaly/2024/02/29/mb-1/   # its binding\n"
                               "  mlbatch locks bind --dry-run   # the upgrade step: docs/upgrading.md\n"
                               "exit codes: 0 ok, 1 no such lock / refused / AWS error, 2 usage")
     p.add_argument("action", choices=["list", "show", "reset", "bind"])
-    p.add_argument("lock_key", nargs="?", help="for show (a window lock's key or a binding's, batch#...) and reset")
+    p.add_argument("lock_key", nargs="?", help="for show: a window lock's key, a binding's (batch#...) or a batch folder "
+                                                 "(s3://.../mini_batch_id/); for reset: a window lock's key")
     p.add_argument("--kind", choices=["window", "binding"], help="for list: only window locks, or only bindings")
     p.add_argument("--table", help="lock table (default: $MLBATCH_LOCK_TABLE)")
     p.add_argument("--project")
