@@ -219,7 +219,8 @@ def test_audit_a_lost_release_race_is_reported_not_healed(ledger):
 
 
 def test_audit_reads_the_ledger_in_batches_of_100_consistent_keys(ingest):
-    """250 folders: ceil(250/100) = 3 BatchGetItem calls, consistent reads, no GetItem."""
+    """250 folders: 2 x ceil(250/100) = 6 BatchGetItem calls (the bindings, then the window locks),
+    consistent reads, no GetItem."""
     from moto.s3.models import s3_backends
     sb = ingest["sb"]
     s3 = boto3.client("s3", region_name="us-east-1")
@@ -237,9 +238,11 @@ def test_audit_reads_the_ledger_in_batches_of_100_consistent_keys(ingest):
 
     assert result.summary["states"] == {"MISSING": 250}
     ledger_calls = [p for name, p in calls if name == "BatchGetItem" and sb.table("LockTable") in p["RequestItems"]]
-    assert len(ledger_calls) == 3
+    assert len(ledger_calls) == 6
     assert all(p["RequestItems"][sb.table("LockTable")]["ConsistentRead"] for p in ledger_calls)
-    assert sorted(len(p["RequestItems"][sb.table("LockTable")]["Keys"]) for p in ledger_calls) == [50, 100, 100]
+    assert sorted(len(p["RequestItems"][sb.table("LockTable")]["Keys"]) for p in ledger_calls) == [50, 50, 100, 100,
+                                                                                                   100, 100]
+    assert result.summary["extract"]["api_calls"]["BatchGetItem (ledger)"] == 6
     assert not [name for name, _ in calls if name == "GetItem"]
 
 

@@ -98,7 +98,7 @@ def test_locks_list_show_and_reset_rules(ops, cli):
     ops.set_lock({"lock_key": "other#v#2024-01-01T00:08:00Z#2024-01-01T00:09:00Z", "status": "FAILED",
                   "project_name": "other", "batch_start_ts_iso": "2024-01-01T00:08:00Z"})
 
-    code, out, _ = cli("locks", "list", "--project", "traffic-anomaly", "--json")
+    code, out, _ = cli("locks", "list", "--project", "traffic-anomaly", "--kind", "window", "--json")
     assert code == 0 and [json.loads(line)["lock_key"] for line in out.splitlines()] == [LOCK_KEY]
     code, out, _ = cli("locks", "list", "--status", "FAILED", "--to", "2024-02-01T00:00:00Z", "--json")
     assert [json.loads(line)["project_name"] for line in out.splitlines()] == ["other"]
@@ -209,7 +209,7 @@ def test_locks_work_on_items_another_orchestrator_wrote(ops, cli):
     reset_done = cli("locks", "reset", "legacy#2", "--reason", "re-run under mlbatch")
 
     assert code == 0 and [json.loads(line)["lock_key"] for line in out.splitlines()] == ["legacy#1", "legacy#2"]
-    assert "legacy#1" in table and shown == {"lock_key": "legacy#1"}
+    assert "legacy#1" in table and shown == {"kind": "window", "lock_key": "legacy#1"}  # no batch to name
     assert (reset_bare[0], reset_done[0]) == (0, 0)
     assert ops.lock("legacy#1")["status"] == "FAILED" and "previous_error" not in ops.lock("legacy#1")
     assert "was SUCCEEDED" in reset_done[2]

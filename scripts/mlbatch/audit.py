@@ -19,13 +19,14 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, TextIO
 
+from .binding import bound_window, read_bindings
 from .extract import (_ENCODE, SUSPECT_AFTER_DAYS, UNIT_FIELDS, ExtractError, Extractor, _client, _ordered_map,
-                      batch_get, lock_key, unit_dict)
+                      batch_get, binding_key, lock_key, unit_dict)
 from .items import from_item
 from .settings import MAX_ATTEMPTS, STUCK_AFTER_MINUTES
 
 __all__ = ["STATES", "GAPS", "DEFAULT_STUCK_AFTER_MINUTES", "DEFAULT_MAX_ATTEMPTS", "AuditResult", "Auditor",
-           "classify", "lock_key", "run_audit", "summary_table"]
+           "classify", "lock_key", "manifest_unit", "run_audit", "summary_table"]
 
 #: --stuck-after's default (90 min: the pipeline's timeout, ProcessingMaxRuntimeSeconds 3600 s + a
 #: 900 s provisioning margin, plus 15 min) and --max-attempts' (3); see settings.py.
@@ -43,7 +44,8 @@ _LIVE = {"RUNNING", "PENDING_REDRIVE"}
 _BATCH = 100  # BatchGetItem's limit
 #: What the audit reads of a lock (BatchGetItem's ProjectionExpression): what it classifies by and
 #: reports, no more -- a read's cost grows with the attributes returned.
-_LEDGER_FIELDS = ("lock_key", "status", "mini_batch_id", "attempts", "updated_at", "pipeline_execution_arn", "error")
+_LEDGER_FIELDS = ("lock_key", "status", "mini_batch_id", "attempts", "updated_at", "pipeline_execution_arn", "error",
+                  "source")
 
 
 def _now() -> dt.datetime:
@@ -135,6 +137,8 @@ class _Tally:
     released: int = 0
     races: int = 0
     pipeline_checks: int = 0
+    bound: int = 0                                          # units audited through a binding
+    unbound: Counter = field(default_factory=Counter)       # source -> window locks read without a binding
 
     def add(self, line: dict) -> None:
         state = line["state"]
@@ -234,15 +238,46 @@ class Auditor:
         self.extractor.report.count_call("UpdateItem (release)")
         return True
 
+    # --- the binding: which window a batch is bound to ---------------------------------------------
+
+    def _windows(self, units: list[dict]) -> list[tuple | None]:
+        """(lock key, start, end, window_adopted_from, binding) per unit, None for an unknown project:
+        the bound window when the batch has a binding (one BatchGetItem for the whole batch of units),
+        else the window its LastModified gives (ledgers from before bindings, other orchestrators)."""
+        bkeys = [binding_key(u["feature_spec_version"], u["mini_batch_s3_prefix"])
+                 if u["feature_spec_version"] is not None else None for u in units]
+        bindings = read_bindings(self.dynamodb, self.lock_table, list(dict.fromkeys(k for k in bkeys if k)),
+                                 on_call=lambda: self.extractor.report.count_call("BatchGetItem (ledger)"))
+        out = []
+        for unit, bkey in zip(units, bkeys):
+            binding = bindings.get(bkey) if bkey else None
+            out.append((*bound_window(unit, binding), binding) if bkey else None)
+        return out
+
+    def _bound_line(self, line: dict, window: tuple, lock: dict | None) -> None:
+        """The line shows the bound window (and the LastModified one as window_adopted_from when they
+        differ); a window lock mlbatch wrote whose batch has no binding is counted (the audit warns)."""
+        key, start, end, adopted_from, binding = window
+        if adopted_from is not None:
+            line["batch_start_ts_iso"], line["batch_end_ts_iso"] = start, end
+            line["window_adopted_from"] = adopted_from
+        if binding is not None:
+            line["bound_source"] = binding.get("bound_source")
+        with self._lock:
+            self.tally.bound += binding is not None
+            if binding is None and lock is not None and isinstance(lock.get("source"), str):
+                self.tally.unbound[lock["source"]] += 1
+
     # --- one batch of units ---------------------------------------------------------------------
 
     def _audit_batch(self, records: list[tuple]) -> list[tuple[dict, bool]]:
         """(line, goes in the manifest) for each record, in order."""
         units = [unit_dict(r) for r in records]
-        keys = [lock_key(u) if u["feature_spec_version"] is not None else None for u in units]
+        windows = self._windows(units)  # each unit's window: its binding's, else its LastModified's
+        keys = [w[0] if w else None for w in windows]
         locks = self._locks(list(dict.fromkeys(k for k in keys if k)))
         out = []
-        for unit, key in zip(units, keys):
+        for unit, key, window in zip(units, keys, windows):
             lock = locks.get(key) if key else None
             state = classify(unit, lock, self.now, self.stuck_after, self.max_attempts)
             line = unit
@@ -251,6 +286,7 @@ class Auditor:
             line["state"] = state
             if key:
                 line["lock_key"] = key
+                self._bound_line(line, window, lock)
             if lock is not None:
                 for name in ("status", "attempts", "updated_at", "pipeline_execution_arn"):
                     if name in lock:
@@ -316,9 +352,29 @@ class Auditor:
                 "stuck_locks_released": t.released, "stuck_release_races": t.races,
                 "pipeline_checks": t.pipeline_checks,
                 "timestamp_suspect": self.extractor.report.timestamp_suspect,
+                **self._binding_summary(),
                 "by_project_day": [{"project_name": p, "day": d, **{s: c[s] for s in STATES if c[s]}}
                                    for (p, d), c in sorted(t.by_project_day.items())],
                 "extract": self.extractor.report.as_dict()}
+
+    def _binding_summary(self) -> dict[str, Any]:
+        """How many units were audited through a binding, the unbound window locks the audit read (per
+        source), and the warning that names the migration while any exist (see docs/audit.md)."""
+        t = self.tally
+        out: dict[str, Any] = {"bound_units": t.bound, "unbound_window_locks": dict(t.unbound)}
+        unbound = sum(t.unbound.values())
+        if unbound:
+            out["binding_warning"] = (
+                f"{unbound} window locks in this range were written before batch bindings (no binding: "
+                + ", ".join(f"{n} {s}" for s, n in sorted(t.unbound.items())) + "); a live-processed batch whose "
+                "event timestamp differs from its LastModified audits MISSING and a heal or sweep would run it "
+                "again: bind them first with `mlbatch locks bind` (see docs/upgrading.md)")
+        elif not t.bound and t.states["MISSING"]:
+            out["binding_warning"] = (
+                "no unit in this range has a batch binding: if this ledger was written before bindings, MISSING "
+                "units may be batches processed live in another window; run `mlbatch locks bind --dry-run` to "
+                "see (docs/upgrading.md)")
+        return out
 
     def exit_code(self) -> int:
         return 3 if any(self.tally.states[s] for s in GAPS) else 0
@@ -333,6 +389,16 @@ def summary_table(summary: dict[str, Any]) -> str:
     widths = [max(len(str(x)) for x in col) for col in zip(header, *rows)]
     fmt = lambda row: "  ".join(c.ljust(w) if i < 2 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths)))  # noqa: E731
     return "\n".join([fmt(header), *map(fmt, rows)])
+
+
+def manifest_unit(line: dict) -> dict:
+    """An audited line -> the execution unit a heal manifest holds: exactly what `mlbatch extract` writes,
+    with the folder's own (LastModified) window, so the backfill binds or adopts it by itself."""
+    unit = {k: line[k] for k in (*UNIT_FIELDS, "timestamp_suspect") if k in line}
+    own = line.get("window_adopted_from")
+    if own:
+        unit["batch_start_ts_iso"], unit["batch_end_ts_iso"] = own["batch_start_ts_iso"], own["batch_end_ts_iso"]
+    return unit
 
 
 def run_audit(bucket: str, first: dt.date, last: dt.date, *, lock_table: str, defaults_table: str,
@@ -362,7 +428,7 @@ def run_audit(bucket: str, first: dt.date, last: dt.date, *, lock_table: str, de
         else:
             output.write(_ENCODE(line) + "\n")
         if in_manifest and auditor.heal:
-            manifest.write(_ENCODE({k: line[k] for k in (*UNIT_FIELDS, "timestamp_suspect") if k in line}) + "\n")
+            manifest.write(_ENCODE(manifest_unit(line)) + "\n")
             written += 1
     summary = auditor.summary()
     summary.update(manifest_units=written, dry_run=dry_run)

@@ -280,8 +280,11 @@ def cmd_extract(args) -> int:
                 group = list(group)
                 row = {"project_name": project, "day": "-".join(day), "units": len(group)}
                 if args.lock_table:
-                    row["already_succeeded"] = ex.count_succeeded(args.lock_table, group)
+                    row["already_succeeded"], adopting = ex.ledger_plan(args.lock_table, group)
                     ex.report.already_succeeded += row["already_succeeded"]
+                    if adopting:  # their batches are bound to another window: the backfill adopts it
+                        row["will_adopt"] = adopting
+                        ex.report.will_adopt += len(adopting)
                 print(json.dumps(row))
         else:
             with open_output(args.output) as out:  # checked (writable path, existing bucket) before the listing
@@ -319,7 +322,8 @@ def _extract_parser(sub) -> None:
     p.add_argument("--strict", action="store_true",
                    help="fatal (exit 1, no output published): an unknown project, or any suspect LastModified")
     p.add_argument("--dry-run", action="store_true", help="print the plan per project and day; write nothing")
-    p.add_argument("--lock-table", help="with --dry-run: count windows already SUCCEEDED")
+    p.add_argument("--lock-table", help="with --dry-run: count windows already SUCCEEDED (through each batch's "
+                                        "binding) and name the units that will adopt a bound window")
     p.add_argument("--workers", type=_int_at_least(1), default=8, help="date spans listed in parallel (default 8)")
     p.add_argument("--quiet", action="store_true", help="no progress on stderr")
     p.set_defaults(func=cmd_extract)
@@ -373,6 +377,8 @@ def cmd_audit(args) -> int:
         print(json.dumps({"summary": summary}))
     else:
         print(summary_table(summary), file=sys.stderr)
+    if summary.get("binding_warning"):
+        print(f"mlbatch audit: warning: {summary['binding_warning']}", file=sys.stderr)
     if args.manifest:
         heal = (f"{summary['manifest_units']} units to heal" if not args.dry_run else
                 f"{summary['healable']} units would be healed")
@@ -486,22 +492,57 @@ def cmd_defaults(args) -> int:
     return 0
 
 
+def _locks_bind(args, table: str, ddb) -> int:
+    """`locks bind`: bind the batches of window locks written before batch bindings (docs/upgrading.md)."""
+    from .binding import apply_bind, plan_bind
+    plan = plan_bind(table, ddb, args.project)
+    if args.dry_run:
+        for line, _ in plan.writes:
+            line["outcome"] = "would_bind"
+    else:
+        apply_bind(plan, table, ddb)
+    for line in plan.lines:
+        print(json.dumps(line))
+    summary = plan.summary(args.dry_run)
+    print(json.dumps({"summary": summary}))
+    done = (f"{summary['would_bind']} batches would be bound (dry run: nothing was written to {table})"
+            if args.dry_run else f"{summary['bound']} batches bound")
+    print(f"mlbatch locks bind: {summary['window_locks']} window locks, {summary['batches']} batches: {done}, "
+          f"{summary['skipped']} already bound, {summary['unbindable']} unbindable (no mini_batch_s3_prefix or "
+          f"feature_spec_version), {summary['conflicts']} bound to another window (kept), {summary['duplicates']} "
+          "duplicate window locks of a bound batch (kept; see `mlbatch locks show`)", file=sys.stderr)
+    return 0
+
+
 def cmd_locks(args) -> int:
-    """The lock ledger: list, show, or reset a window (reset marks it FAILED; nothing is deleted)."""
+    """The lock ledger: list, show, reset a window (reset marks it FAILED; nothing is deleted), or bind
+    the batches of window locks written before batch bindings."""
+    from .binding import kind, with_batches
     from .operator import apply_reset, list_locks, plan_reset, show_lock
     from .trace import ledger_table
     with _table(args, "lock") as (table, ddb):
+        if args.action == "bind":
+            return _locks_bind(args, table, ddb)
         if args.action == "list":
             locks = list_locks(table, args.project, args.status, args.window_from, args.window_to, ddb,
                                mini_batch=args.mini_batch, source=args.source)
+            locks = [row for row in with_batches(locks) if not args.kind or row["kind"] == args.kind]
             if args.json:
                 for lock in locks:
                     print(json.dumps(lock))
             else:
                 print(ledger_table(locks))
         elif args.action == "show":
-            print(json.dumps(show_lock(table, args.lock_key, ddb), indent=None if args.json else 2))
+            from .binding import batch_items, related
+            shown = (batch_items(table, args.lock_key, ddb) if args.lock_key.startswith("s3://") else
+                     [related(table, show_lock(table, args.lock_key, ddb), ddb)])
+            for item in shown:
+                print(json.dumps(item, indent=None if args.json else 2))
         else:
+            if kind({"lock_key": args.lock_key}) == "binding":
+                from .failures import Failure
+                raise Failure(f"{args.lock_key!r} is a batch binding, not a window lock: reset its window lock "
+                              "(`mlbatch locks show` on it names it as window_lock_key)")
             plan = plan_reset(table, args.lock_key, args.reason, args.in_progress_ok, ddb)
             if plan.owner:
                 print(f"mlbatch locks: {args.lock_key} is IN_PROGRESS; its pipeline execution "
@@ -526,7 +567,23 @@ def cmd_backfill(args) -> int:
                 print(json.dumps(run))
             return 0
         run = backfill_run(table, args.run_id, ddb)
+        lock_table = args.lock_table or os.environ.get("MLBATCH_LOCK_TABLE")
+        if lock_table:  # which units adopted a window their batch was already bound to
+            import boto3
+
+            from .binding import run_adoptions
+            from .failures import Failure
+            try:
+                run["units_adopting"], where = run_adoptions(
+                    run, lock_table, ddb, boto3.client("s3"),
+                    args.artifacts_bucket or os.environ.get("MLBATCH_ARTIFACTS_BUCKET"))
+            except Failure as exc:
+                print(f"mlbatch backfill: warning: which units adopt a bound window is unknown: {exc}",
+                      file=sys.stderr)
     print(json.dumps(run, indent=None if args.json else 2))
+    if "units_adopting" in run:
+        print(f"mlbatch backfill: {len(run['units_adopting'])} units adopt{'ed' if run.get('closed_at') else ''} "
+              f"the window their batch is bound to (units from {where}; see units_adopting)", file=sys.stderr)
     counts = {k: run.get(k, 0) for k in ("started", "suppressed", "collided", "invalid", "failed", "poisoned")}
     print(f"mlbatch backfill: {run.get('units', '?')} units: " + ", ".join(f"{v} {k}" for k, v in counts.items())
           + f", {run.get('uncounted', 0)} uncounted" + ("" if run.get("closed_at") else " (still running)"),
@@ -716,9 +773,13 @@ def main(argv: list[str] | None = None) -> int:
                               "  mlbatch locks list --from 2024-03-01 --to 2024-03-01T12:00:00Z\n"
                               "  mlbatch locks show 'traffic-anomaly#fs-2024-06#2024-02-29T23:53:00Z#...'\n"
                               "  mlbatch locks reset '<lock_key>' --reason 'builder image fixed, INC-4711'\n"
+                              "  mlbatch locks show s3://ingest/acme/netsec/traffic-anomaly/2024/02/29/mb-1/   # its binding\n"
+                              "  mlbatch locks bind --dry-run   # the upgrade step: docs/upgrading.md\n"
                               "exit codes: 0 ok, 1 no such lock / refused / AWS error, 2 usage")
-    p.add_argument("action", choices=["list", "show", "reset"])
-    p.add_argument("lock_key", nargs="?", help="for show and reset")
+    p.add_argument("action", choices=["list", "show", "reset", "bind"])
+    p.add_argument("lock_key", nargs="?", help="for show: a window lock's key, a binding's (batch#...) or a batch folder "
+                                                 "(s3://.../mini_batch_id/); for reset: a window lock's key")
+    p.add_argument("--kind", choices=["window", "binding"], help="for list: only window locks, or only bindings")
     p.add_argument("--table", help="lock table (default: $MLBATCH_LOCK_TABLE)")
     p.add_argument("--project")
     p.add_argument("--status", choices=["IN_PROGRESS", "SUCCEEDED", "FAILED"])
@@ -731,7 +792,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--reason", help="for reset (required): recorded on the lock")
     p.add_argument("--in-progress-ok", action="store_true",
                    help="for reset: reset an IN_PROGRESS lock (its pipeline may still run: check it first)")
-    p.add_argument("--dry-run", action="store_true", help="for reset: show the result, write nothing")
+    p.add_argument("--dry-run", action="store_true", help="for reset and bind: say what it would write, write nothing")
     p.add_argument("--json", action="store_true", help="JSON (Lines for list) for scripts")
     p.set_defaults(func=cmd_locks)
     p = sub.add_parser("backfill", help=_summary(cmd_backfill), description=_doc(cmd_backfill),
@@ -742,6 +803,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("action", choices=["list", "show"])
     p.add_argument("run_id", nargs="?", help="for show: the backfill execution's name (its run_id)")
     p.add_argument("--table", help="backfill runs table (default: $MLBATCH_RUNS_TABLE)")
+    p.add_argument("--lock-table", help="for show: lock table, to name the units that adopt a bound window "
+                                        "(default: $MLBATCH_LOCK_TABLE)")
+    p.add_argument("--artifacts-bucket", help="for show: where an extracted run's units are (default: "
+                                              "$MLBATCH_ARTIFACTS_BUCKET)")
     p.add_argument("--json", action="store_true", help="one line of JSON")
     p.set_defaults(func=cmd_backfill)
     p = sub.add_parser("replay", help=_summary(cmd_replay), description=_doc(cmd_replay),
