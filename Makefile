@@ -1,7 +1,7 @@
 # mlbatch - every command sets itself up from the project's own files.
 #   make run    the main job: the intake end to end on the embedded engine
 #   make test   the whole test suite (with every offline validator)
-#   make bench  the benchmark table the README quotes
+#   make bench  the benchmark tables docs/performance.md quotes
 #   make wheels every dependency resolves to wheels for Python 3.12 and 3.13 (PyPI, afresh)
 
 PYTHON ?= python3

@@ -355,7 +355,7 @@ def test_intake_failed_start_returns_a_reacquired_lock_to_failed(stack, event, i
 
 def test_intake_malformed_json_body_fails_without_a_lock(stack):
     # Braced but malformed JSON passes the cheap shape check and fails in
-    # States.StringToJson, which nothing can catch (README: Errors). Nothing is locked.
+    # States.StringToJson, which nothing can catch (docs/errors.md). Nothing is locked.
     result = stack.intake({"body": "{not json}"})
     assert result.status == "FAILED"
     assert stack.locks() == []

@@ -150,7 +150,7 @@ def test_defaults_schema_names_each_problem(item, complaint):
     assert any(complaint in p for p in problems(item))
 
 
-# what each console input does when started as documented in the README
+# what each console input does when started as documented in docs/operating.md (Console replay)
 CONSOLE = {
     "intake-replay-a-batch.json": ("IntakeStateMachine", "STARTED"),
     "intake-pipes-delivery.json": ("IntakeStateMachine", "STARTED"),
@@ -162,8 +162,8 @@ CONSOLE = {
 
 def test_every_console_input_is_documented_and_executes_as_documented(ops):
     files = sorted(p.name for p in (EVENTS / "console").glob("*.json"))
-    readme = (ROOT / "README.md").read_text()
-    assert all(f"tests/events/console/{name}" in readme for name in files)
+    operating = (ROOT / "docs" / "operating.md").read_text()
+    assert all(f"tests/events/console/{name}" in operating for name in files)
     backfill = ops.backfill_variant("HappyPath")
     for name, (machine, expect) in CONSOLE.items():
         if "force" in name:  # the window must have succeeded first

@@ -13,8 +13,8 @@ __all__ = ["main"]
 
 
 def cmd_render(args) -> int:
-    """Render templates/*.asl.json.j2 to asl/ and the README's generated sections (diagrams, error
-    table); with --check change nothing and name every stale file."""
+    """Render templates/*.asl.json.j2 to asl/ and the docs' generated sections (docs/diagrams.md,
+    the table in docs/errors.md); with --check change nothing and name every stale file."""
     import jinja2
 
     from . import render
@@ -26,7 +26,8 @@ def cmd_render(args) -> int:
                 print(f"stale: {path.relative_to(render.ASL.parent)} (run `mlbatch render` and review the diff)",
                       file=sys.stderr)
             if not stale:
-                print("ok: asl/ and the README's generated sections are up to date", file=sys.stderr)
+                print("ok: asl/ and the generated docs (docs/diagrams.md, docs/errors.md) are up to date",
+                      file=sys.stderr)
             return 1 if stale else 0
         for path in render.render_all():
             print(f"rendered {path.relative_to(render.ASL.parent)} - review the diff before committing",
@@ -36,9 +37,9 @@ def cmd_render(args) -> int:
                       "fix the template, then run `mlbatch render`") from None
     except jinja2.TemplateError as exc:  # e.g. an undefined name (StrictUndefined)
         raise Failure(f"a template fails to render: {exc}: fix it, then run `mlbatch render`") from None
-    except ValueError as exc:  # rendered text that is not JSON (with the lines around), or README markers
+    except ValueError as exc:  # rendered text that is not JSON (with the lines around), or missing docs markers
         first, _, context = str(exc).partition("\n")
-        fix = "" if "README" in first else ": fix the template, then run `mlbatch render`"
+        fix = "" if "lacks the markers" in first else ": fix the template, then run `mlbatch render`"
         raise Failure(first + fix + ("\n" + context if context else "")) from None
     return 0
 

@@ -1,6 +1,6 @@
 """Small, named fixes for defects of moto 5.2.5's Step Functions engine.
 
-One fix per defect (the README's "Engine fixes" lists them). Each can be applied and
+One fix per defect (docs/backends.md, "Engine fixes", lists them). Each can be applied and
 reverted, so its test can show the defect without it and the behaviour with it;
 when a newer moto no longer has the defect, that test says so.
 """
