@@ -60,30 +60,24 @@ def _profile(name: str) -> str | None:
         return None
 
 
-def retry_settings() -> tuple[str, int, str]:
-    """(mode, attempts, where they come from) for the next client."""
-    mode, attempts = _chosen["mode"], _chosen["max_attempts"]
-    source = "--aws-retry-mode/--aws-max-attempts"
-    if mode is None and attempts is None:
-        source = "AWS_RETRY_MODE/AWS_MAX_ATTEMPTS"
-    if mode is None:
-        mode = os.environ.get("AWS_RETRY_MODE") or _profile("retry_mode")
-    if attempts is None:
-        attempts = os.environ.get("AWS_MAX_ATTEMPTS") or _profile("max_attempts")
-    if mode is None and attempts is None:
-        return DEFAULT_RETRY_MODE, DEFAULT_MAX_ATTEMPTS, "mlbatch's default"
-    mode = mode or DEFAULT_RETRY_MODE
+def retry_settings() -> tuple[str, int]:
+    """(mode, attempts) for the next client: the CLI's choice, else the environment, else the profile,
+    else mlbatch's defaults."""
+    mode = _chosen["mode"] or os.environ.get("AWS_RETRY_MODE") or _profile("retry_mode") or DEFAULT_RETRY_MODE
     if mode not in RETRY_MODES:
-        raise Failure(f"retry mode {mode!r} ({source}, or retry_mode in the profile) is not one of "
-                      f"{', '.join(RETRY_MODES)}: fix it, or unset it for mlbatch's default ({DEFAULT_RETRY_MODE})")
+        raise Failure(f"AWS_RETRY_MODE (or the profile's retry_mode) is {mode!r}, not one of {', '.join(RETRY_MODES)}: "
+                      f"fix it, or unset it for mlbatch's default ({DEFAULT_RETRY_MODE})")
+    raw = _chosen["max_attempts"] or os.environ.get("AWS_MAX_ATTEMPTS") or _profile("max_attempts")
+    if raw is None:
+        return mode, DEFAULT_MAX_ATTEMPTS
     try:
-        attempts = int(attempts) if attempts is not None else DEFAULT_MAX_ATTEMPTS
-    except ValueError:
+        attempts = int(raw)
+    except (TypeError, ValueError):
         attempts = 0
     if attempts < 1:
-        raise Failure(f"max attempts {attempts!r} ({source}, or max_attempts in the profile) must be a whole number "
-                      f">= 1: fix it, or unset it for mlbatch's default ({DEFAULT_MAX_ATTEMPTS})")
-    return mode, attempts, source
+        raise Failure(f"AWS_MAX_ATTEMPTS (or the profile's max_attempts) is {raw!r}, not a whole number >= 1: "
+                      f"fix it, or unset it for mlbatch's default ({DEFAULT_MAX_ATTEMPTS})")
+    return mode, attempts
 
 
 class _ThrottleBudget:
@@ -104,7 +98,7 @@ class _ThrottleBudget:
 
 def client(service: str, **kwargs):
     """A boto3 client with mlbatch's retry settings (region, credentials and AWS_ENDPOINT_URL as boto3 finds them)."""
-    mode, attempts, _ = retry_settings()
+    mode, attempts = retry_settings()
     made = boto3.client(service, config=Config(retries={"mode": mode, "total_max_attempts": attempts}), **kwargs)
     if mode != "legacy":  # legacy mode has no retry quota
         made.meta.events.register(f"needs-retry.{made.meta.service_model.service_id.hyphenize()}",
@@ -122,7 +116,7 @@ def throttle_hint(exc: BaseException) -> str:
     if not throttled(exc):
         return ""
     try:
-        mode, attempts, _ = retry_settings()
+        mode, attempts = retry_settings()
     except Failure:
         return ""
     return (f"; throttled past the retry budget ({attempts} attempts, {mode} mode): raise it with "
