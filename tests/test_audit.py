@@ -470,19 +470,19 @@ def test_audit_heal_outlasts_throttling_with_the_default_retry_budget(ledger, th
     assert len(throttle.waits) == 12 and max(throttle.waits[:7]) > 1  # 7 throttles in a row: waits grow towards 20 s
 
 
-def test_audit_throttled_past_its_budget_fails_in_one_line_after_10_attempts(ledger, throttle, capsys):
+def test_audit_throttled_past_its_budget_fails_in_one_line_after_15_attempts(ledger, throttle, capsys):
     # GIVEN DynamoDB throttling every read
     throttle.on("BatchGetItem", lambda n: True)
 
     # WHEN the audit runs
     code = cli(ledger)
 
-    # THEN it made the default 10 attempts and says what failed and how to raise the budget
+    # THEN it made the default 15 attempts and says what failed and how to raise the budget
     err = capsys.readouterr().err
-    assert code == 1 and throttle.calls["BatchGetItem"] == 10
+    assert code == 1 and throttle.calls["BatchGetItem"] == 15
     assert err.count("\n") == 1 and "Traceback" not in err
     assert "BatchGetItem on table" in err and "ProvisionedThroughputExceededException" in err
-    assert "(reached max retries: 9)" in err and "--aws-max-attempts N (or AWS_MAX_ATTEMPTS)" in err
+    assert "(reached max retries: 14)" in err and "--aws-max-attempts N (or AWS_MAX_ATTEMPTS)" in err
 
 
 def test_audit_budget_is_set_with_aws_max_attempts_not_the_poison_limit(ledger, throttle, capsys):
@@ -526,7 +526,7 @@ def test_a_heal_stopped_by_a_failed_release_reports_it_and_the_next_heal_complet
     assert (line["mini_batch_id"], line["lock_released"], line["state"]) == ("mb-stuck-dead", True, "STUCK")
     assert not heal.exists()
     assert (sb.lock(key("mb-stuck-dead"))["status"], sb.lock(key("mb-stuck-gone"))["status"]) == ("FAILED", "IN_PROGRESS")
-    assert throttle.calls["UpdateItem"] == 1 + 10
+    assert throttle.calls["UpdateItem"] == 1 + 15
 
     # WHEN DynamoDB recovers and the audit heals again
     throttle.on("UpdateItem", lambda n: False)

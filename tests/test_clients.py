@@ -24,8 +24,8 @@ def retries(client) -> tuple[str, int]:
     return config["mode"], config["total_max_attempts"]
 
 
-def test_commands_retry_10_times_in_standard_mode_unless_told_otherwise(monkeypatch, tmp_path):
-    assert retries(clients.client("dynamodb", region_name="us-east-1")) == ("standard", 10)
+def test_commands_retry_15_times_in_standard_mode_unless_told_otherwise(monkeypatch, tmp_path):
+    assert retries(clients.client("dynamodb", region_name="us-east-1")) == ("standard", 15)
 
     (tmp_path / "config").write_text("[default]\nmax_attempts = 6\nretry_mode = adaptive\n")
     assert retries(clients.client("dynamodb", region_name="us-east-1")) == ("adaptive", 6)  # the profile
@@ -68,7 +68,7 @@ def test_a_throttled_call_keeps_its_attempt_budget_when_the_retry_quota_runs_out
 
     # WHEN a plain client with the same budget and a command's client make them
     plain = boto3.client("dynamodb", region_name="us-east-1",
-                         config=Config(retries={"mode": "standard", "total_max_attempts": 10}))
+                         config=Config(retries={"mode": "standard", "total_max_attempts": clients.DEFAULT_MAX_ATTEMPTS}))
     plain_failures = failures(plain)
     ours = failures(clients.client("dynamodb", region_name="us-east-1"))
 
