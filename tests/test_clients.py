@@ -74,3 +74,18 @@ def test_a_throttled_call_keeps_its_attempt_budget_when_the_retry_quota_runs_out
 
     # THEN the plain one fails once its quota is gone, the command's never
     assert plain_failures > 0 and ours == 0
+
+
+def test_every_command_makes_its_aws_clients_in_one_place():
+    """Outside mlbatch.clients only the engine harness, the local stack's deploy and the benchmark
+    (which talk to the embedded engine, not to AWS) make boto3 clients of their own."""
+    import re
+
+    from mlbatch.settings import ROOT
+    package = ROOT / "scripts" / "mlbatch"
+    own = {"clients.py", "bench.py", "local.py"}
+    makers = re.compile(r"boto3\.(client|resource|Session|session\.Session)\(")
+    found = [f"{path.relative_to(package)}:{n}" for path in sorted(package.rglob("*.py"))
+             if path.name not in own and path.parent.name != "engine"
+             for n, line in enumerate(path.read_text().splitlines(), 1) if makers.search(line)]
+    assert found == []
