@@ -120,5 +120,9 @@ class DynamoDBThrottle:
 
 @pytest.fixture
 def throttle(monkeypatch):
-    """DynamoDB throttled at the engine (in-process moto), as the test says: see DynamoDBThrottle."""
-    return DynamoDBThrottle(monkeypatch)
+    """DynamoDB throttled at the engine (in-process moto), as the test says: see DynamoDBThrottle.
+    Served normally again before other fixtures tear down (they may write)."""
+    throttle = DynamoDBThrottle(monkeypatch)
+    yield throttle
+    throttle._rules.clear()
+    throttle._unprocessed.clear()

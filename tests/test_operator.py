@@ -345,3 +345,20 @@ def test_locks_reset_outlasts_throttling_and_fails_in_one_line_past_its_budget(o
     assert "UpdateItem failed: ProvisionedThroughputExceededException" in err
     assert "(3 attempts, standard mode): raise it with --aws-max-attempts N" in err
     assert ops.lock("throttled#1")["reason"] == "builder fixed"
+
+
+def test_defaults_put_throttled_past_its_budget_names_what_it_wrote(ops, cli, throttle, tmp_path):
+    # GIVEN two valid items, and DynamoDB serving the first write, then throttling every one
+    items = tmp_path / "two.json"
+    items.write_text(json.dumps([{**load_event("project_defaults"), "project_name": name}
+                                 for name in ("put-first", "put-second")]))
+    throttle.on("PutItem", lambda n: n >= 1)
+
+    # WHEN they are put with a budget of 2 attempts
+    code, out, err = cli("defaults", "put", str(items), "--aws-max-attempts", "2")
+
+    # THEN one line names the throttled write, what was written before it, and that a rerun is safe
+    assert (code, out) == (1, "") and err.count("\n") == 1 and "Traceback" not in err
+    assert "PutItem failed: ProvisionedThroughputExceededException" in err and "(2 attempts, standard mode)" in err
+    assert "written before it: put-first (1 of 2); putting the same files again is safe" in err
+    assert throttle.calls["PutItem"] == 1 + 2

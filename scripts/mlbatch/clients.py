@@ -121,5 +121,7 @@ def throttle_hint(exc: BaseException) -> str:
         mode, attempts = retry_settings()
     except Failure:
         return ""
+    capacity = ", or the table's capacity," if getattr(exc, "response", {})["Error"]["Code"] == \
+        "ProvisionedThroughputExceededException" else ""
     return (f"; throttled past the retry budget ({attempts} attempts, {mode} mode): raise it with "
-            "--aws-max-attempts N (or AWS_MAX_ATTEMPTS), or the table's capacity, and run again")
+            f"--aws-max-attempts N (or AWS_MAX_ATTEMPTS){capacity} and run again")

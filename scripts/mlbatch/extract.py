@@ -341,7 +341,7 @@ class Extractor:
             raise ExtractError(f"bucket {self.bucket!r} does not exist (name the ingestion bucket with --bucket)") from None
         except Exception as exc:  # botocore ClientError and friends: name the call, the bucket and the prefix
             raise ExtractError(f"ListObjectsV2 s3://{kwargs.get('Bucket', self.bucket)}/{kwargs.get('Prefix', '')} "
-                               f"failed: {exc}") from None
+                               f"failed: {exc}{clients.throttle_hint(exc)}") from None
 
     # --- the whole run ------------------------------------------------------------------------
 

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .clients import client as aws_client
-from .failures import Failure, is_error_page
+from .failures import Failure, explain, is_error_page
 from .defaults import problems
 from .items import from_item, to_item
 
@@ -301,8 +301,15 @@ def put_defaults(table: str, items: list[dict], dry_run: bool = False, ddb=None)
                                       + ", ".join(p) for i, p in bad.items()))
     if not dry_run:
         ddb = ddb or aws_client("dynamodb")
-        for item in items:
-            ddb.put_item(TableName=table, Item=to_item(item))
+        for n, item in enumerate(items):
+            try:
+                ddb.put_item(TableName=table, Item=to_item(item))
+            except Exception as exc:
+                if not n or explain(exc) is None:  # nothing written yet: the error as it is
+                    raise
+                raise OperatorError(f"{explain(exc)}; written before it: "
+                                    f"{', '.join(i['project_name'] for i in items[:n])} ({n} of {len(items)}); "
+                                    "putting the same files again is safe") from None
     return [item["project_name"] for item in items]
 
 
