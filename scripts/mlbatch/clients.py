@@ -1,7 +1,7 @@
 """Every AWS client an `mlbatch` command makes, with one retry policy fit for throttling.
 
 botocore's own default is standard mode with 3 attempts (4 for DynamoDB): an audit of a
-throttled ledger gives up after the third throttle of one call. The commands' clients get
+throttled ledger gives up when one call is throttled 4 times in a row. The commands' clients get
 :data:`DEFAULT_MAX_ATTEMPTS` attempts in :data:`DEFAULT_RETRY_MODE` mode instead, unless the
 user chose: the CLI's `--aws-max-attempts` / `--aws-retry-mode` (:func:`configure`), else
 AWS_MAX_ATTEMPTS / AWS_RETRY_MODE, else `max_attempts` / `retry_mode` in the profile.
