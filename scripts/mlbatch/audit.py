@@ -20,13 +20,14 @@ from dataclasses import dataclass, field
 from typing import Any, TextIO
 
 from .binding import bound_window, read_bindings
+from .clients import throttle_hint
 from .extract import (_ENCODE, SUSPECT_AFTER_DAYS, UNIT_FIELDS, ExtractError, Extractor, _client, _ordered_map,
                       batch_get, binding_key, lock_key, unit_dict)
 from .items import from_item
 from .settings import MAX_ATTEMPTS, STUCK_AFTER_MINUTES
 
 __all__ = ["STATES", "GAPS", "DEFAULT_STUCK_AFTER_MINUTES", "DEFAULT_MAX_ATTEMPTS", "AuditResult", "Auditor",
-           "classify", "lock_key", "manifest_unit", "run_audit", "summary_table"]
+           "HealStopped", "classify", "lock_key", "manifest_unit", "run_audit", "summary_table"]
 
 #: --stuck-after's default (90 min: the pipeline's timeout, ProcessingMaxRuntimeSeconds 3600 s + a
 #: 900 s provisioning margin, plus 15 min) and --max-attempts' (3); see settings.py.
@@ -119,6 +120,17 @@ def classify(unit: dict, lock: dict | None, now: dt.datetime, stuck_after: dt.ti
     return "UNKNOWN_STATUS"
 
 
+class HealStopped(ExtractError):
+    """The heal stopped on an error (a write, or a read after some writes): `released` holds the line of
+    every lock this run released (FAILED, Audit.Stuck) before it stopped, `written` the lock keys whose
+    line went to the output. No manifest was published; the next heal finds those windows FAILED."""
+
+    def __init__(self, message: str, released: list[dict], written: set[str]):
+        super().__init__(message)
+        self.released = released
+        self.written = written
+
+
 @dataclass
 class AuditResult:
     """What `run_audit` returns: the unit lines (when no output stream was given), the summary
@@ -174,6 +186,9 @@ class Auditor:
         self.tally = _Tally()
         self._lock = threading.Lock()
         self._warned_describe = False
+        #: lines of the locks this run released, in the order written; the first error that stops the heal
+        self.released: list[dict] = []
+        self.stopped: str | None = None
 
     @property
     def sfn(self):
@@ -214,9 +229,12 @@ class Auditor:
                 self.warn(f"{problem} (stuck locks whose pipeline cannot be checked are not healed)")
             return "UNKNOWN", problem
 
-    def _release(self, key: str, arn: str, status: str, since: Any) -> bool:
+    def _release(self, key: str, arn: str, status: str, since: Any) -> bool | None:
         """Mark a stuck lock FAILED (Audit.Stuck) if it is still IN_PROGRESS and owned by `arn` -- the
-        condition lock_release writes with. False when the lock changed since it was read."""
+        condition lock_release writes with. False when the lock changed since it was read; None when
+        the heal has stopped (an earlier call failed): not attempted."""
+        if self.stopped:
+            return None
         ended = "does not exist" if status == "NOT_FOUND" else f"ended {status}"
         cause = (f"Lock IN_PROGRESS since {since or 'an unknown time'} (more than "
                  f"{int(self.stuck_after.total_seconds() // 60)} minutes) and its pipeline execution {arn} {ended}; "
@@ -234,7 +252,11 @@ class Auditor:
         except Exception as exc:
             if getattr(exc, "response", {}).get("Error", {}).get("Code", "") == "ConditionalCheckFailedException":
                 return False
-            raise ExtractError(f"UpdateItem of lock {key!r} in table {self.lock_table!r} failed: {exc}") from None
+            problem = (f"UpdateItem of lock {key!r} in table {self.lock_table!r} failed: {exc}{throttle_hint(exc)} "
+                       "(that lock is still STUCK, or FAILED if the write went through)")
+            with self._lock:
+                self.stopped = self.stopped or problem
+            raise ExtractError(problem) from None
         self.extractor.report.count_call("UpdateItem (release)")
         return True
 
@@ -273,9 +295,14 @@ class Auditor:
     def _audit_batch(self, records: list[tuple]) -> list[tuple[dict, bool]]:
         """(line, goes in the manifest) for each record, in order."""
         units = [unit_dict(r) for r in records]
-        windows = self._windows(units)  # each unit's window: its binding's, else its LastModified's
-        keys = [w[0] if w else None for w in windows]
-        locks = self._locks(list(dict.fromkeys(k for k in keys if k)))
+        try:
+            windows = self._windows(units)  # each unit's window: its binding's, else its LastModified's
+            keys = [w[0] if w else None for w in windows]
+            locks = self._locks(list(dict.fromkeys(k for k in keys if k)))
+        except ExtractError as exc:  # no release after this: the run fails
+            with self._lock:
+                self.stopped = self.stopped or str(exc)
+            raise
         out = []
         for unit, key, window in zip(units, keys, windows):
             lock = locks.get(key) if key else None
@@ -307,9 +334,14 @@ class Auditor:
                 in_manifest = healable
                 if healable and self.heal:
                     released = self._release(key, lock["pipeline_execution_arn"], status, lock.get("updated_at"))
-                    line["lock_released"] = released
-                    in_manifest = released
-                    if not released:
+                    line["lock_released"] = bool(released)
+                    in_manifest = bool(released)
+                    if released:
+                        with self._lock:
+                            self.released.append(line)
+                    elif released is None:
+                        line["heal_note"] = "the heal stopped on an earlier error before releasing it: audit again"
+                    else:
                         line["heal_note"] = "the lock changed since it was read (another writer won): left alone"
             line["healable"] = healable
             out.append((line, in_manifest))
@@ -422,14 +454,22 @@ def run_audit(bucket: str, first: dt.date, last: dt.date, *, lock_table: str, de
                       max_attempts=max_attempts, heal=manifest is not None and not dry_run, now=now, warn=warn)
     kept: list[dict] = []
     written = 0
-    for line, in_manifest in auditor.lines(first, last, prefix, projects):
-        if output is None:
-            kept.append(line)
-        else:
-            output.write(_ENCODE(line) + "\n")
-        if in_manifest and auditor.heal:
-            manifest.write(_ENCODE(manifest_unit(line)) + "\n")
-            written += 1
+    reported: set[str] = set()  # released locks whose line went to the output
+    try:
+        for line, in_manifest in auditor.lines(first, last, prefix, projects):
+            if output is None:
+                kept.append(line)
+            else:
+                output.write(_ENCODE(line) + "\n")
+            if line.get("lock_released"):
+                reported.add(line["lock_key"])
+            if in_manifest and auditor.heal:
+                manifest.write(_ENCODE(manifest_unit(line)) + "\n")
+                written += 1
+    except ExtractError as exc:
+        if auditor.heal:  # every batch in flight has finished: `released` is complete
+            raise HealStopped(str(exc), list(auditor.released), reported) from None
+        raise
     summary = auditor.summary()
     summary.update(manifest_units=written, dry_run=dry_run)
     return AuditResult(kept, summary, auditor.exit_code())

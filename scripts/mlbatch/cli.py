@@ -335,7 +335,7 @@ def cmd_audit(args) -> int:
     one JSON line per unit with its state, a summary per project and day; with --manifest, the
     heal: stuck locks whose pipeline ended are released and the units to heal are written as a
     backfill manifest."""
-    from .audit import DEFAULT_MAX_ATTEMPTS, DEFAULT_STUCK_AFTER_MINUTES, run_audit, summary_table
+    from .audit import DEFAULT_MAX_ATTEMPTS, DEFAULT_STUCK_AFTER_MINUTES, HealStopped, run_audit, summary_table
     from .extract import ExtractError, check_output, open_output
     from .progress import Progress
 
@@ -368,6 +368,9 @@ def cmd_audit(args) -> int:
                 stuck_after_minutes=args.stuck_after or DEFAULT_STUCK_AFTER_MINUTES,
                 max_attempts=args.max_attempts or DEFAULT_MAX_ATTEMPTS, suspect_after_days=args.suspect_after_days,
                 strict=args.strict, workers=args.workers, progress=progress, warn=warn)
+    except HealStopped as exc:
+        progress.done()
+        return _heal_stopped(exc, args.output)
     except ExtractError as exc:
         progress.done()
         print(f"mlbatch audit: {exc}", file=sys.stderr)
@@ -401,6 +404,21 @@ def cmd_audit(args) -> int:
         print(f"mlbatch audit: {summary['healable']} units can be healed: add --manifest FILE|s3://bucket/key",
               file=sys.stderr)
     return result.exit_code
+
+
+def _heal_stopped(exc, output: str) -> int:
+    """A heal that stopped on an error: the line of every lock it released that is not on stdout yet
+    goes there (an --output file is not published), and one line on stderr says what it did. Exit 1."""
+    for line in exc.released:
+        if output != "-" or line["lock_key"] not in exc.written:
+            print(json.dumps(line, separators=(",", ":")))
+    n = len(exc.released)
+    did = (f"before it stopped it released {n} stuck lock{'s' if n != 1 else ''} (now FAILED, error Audit.Stuck; "
+           f"their lines are on stdout, lock_released: true) and wrote no manifest: the next "
+           "`mlbatch audit --manifest` finds them FAILED and heals them" if n else
+           "no lock was released and no manifest was written")
+    print(f"mlbatch audit: the heal stopped: {exc}; {did}", file=sys.stderr)
+    return 1
 
 
 def _audit_parser(sub) -> None:
@@ -460,11 +478,10 @@ def _table_arg(args, kind: str) -> str:
 def _table(args, kind: str):
     """(table name, DynamoDB client) for a command on one of mlbatch's tables; a missing table or
     one of another kind becomes a message naming it."""
-    import boto3
-
+    from .clients import client
     from .failures import about_table
     table = _table_arg(args, kind)
-    ddb = boto3.client("dynamodb")
+    ddb = client("dynamodb")
     with about_table(table, kind, ddb):
         yield table, ddb
 
@@ -881,14 +898,32 @@ def main(argv: list[str] | None = None) -> int:
         how.add_argument("--json", action="store_true", help="print the environment as one JSON object")
     down.add_argument("--shell", action="store_true", help="print an `unset` line for eval")
     p.set_defaults(func=cmd_local)
+    _retry_options(parser, sub)
     args = parser.parse_args(argv)
     _check_usage(sub, args)
     return _run(args)
 
 
+def _retry_options(parser, sub) -> None:
+    """--aws-max-attempts / --aws-retry-mode, before or after the command (`audit --max-attempts` is
+    the poison limit, another thing): the retries of every AWS call the command makes."""
+    from .clients import DEFAULT_MAX_ATTEMPTS, DEFAULT_RETRY_MODE, RETRY_MODES
+    for target in (parser, *sub.choices.values()):
+        top = target is parser
+        target.add_argument("--aws-max-attempts", type=_int_at_least(1), metavar="N",
+                            default=None if top else argparse.SUPPRESS,
+                            help=f"attempts per AWS call, the first included (default: $AWS_MAX_ATTEMPTS, "
+                                 f"else the profile's max_attempts, else {DEFAULT_MAX_ATTEMPTS})")
+        target.add_argument("--aws-retry-mode", choices=RETRY_MODES, default=None if top else argparse.SUPPRESS,
+                            help=f"botocore's retry mode (default: $AWS_RETRY_MODE, else the profile's "
+                                 f"retry_mode, else {DEFAULT_RETRY_MODE}); docs/cli.md, Retries")
+
+
 def _run(args) -> int:
     """Run the command; a user error becomes one line on stderr and exit 1 (a bug keeps its traceback)."""
+    from .clients import configure
     from .failures import explain  # user errors subclass failures.Failure: nothing heavy to import here
+    configure(getattr(args, "aws_max_attempts", None), getattr(args, "aws_retry_mode", None))
     try:
         return args.func(args)
     except KeyboardInterrupt:

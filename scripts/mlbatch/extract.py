@@ -27,8 +27,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, TextIO
 
-import boto3
-
+from . import clients
+from .failures import Failure
 from .window import InvalidTimestamp, iso_z, window_at
 
 __all__ = ["read_request", "ExtractError", "Extractor", "Report", "UNIT_FIELDS", "SUSPECT_AFTER_DAYS",
@@ -107,7 +107,9 @@ class Report:
 
 def _client(service: str):
     try:
-        return boto3.client(service)
+        return clients.client(service)
+    except Failure as exc:  # a retry setting that is not valid
+        raise ExtractError(str(exc)) from None
     except Exception as exc:  # NoRegionError and friends, raised by client creation
         raise ExtractError(f"cannot create the {service} client: {exc} "
                            "(set AWS_DEFAULT_REGION or AWS_REGION, and credentials)") from None
@@ -165,7 +167,7 @@ def batch_get(dynamodb, table: str, keys: list[dict], *, consistent: bool = Fals
         try:
             resp = dynamodb.batch_get_item(RequestItems={table: request})
         except Exception as exc:
-            raise ExtractError(f"BatchGetItem on table {table!r} failed: {exc}") from None
+            raise ExtractError(f"BatchGetItem on table {table!r} failed: {exc}{clients.throttle_hint(exc)}") from None
         if on_call:
             on_call()
         items += resp.get("Responses", {}).get(table, [])
@@ -347,7 +349,7 @@ class Extractor:
             raise ExtractError(f"bucket {self.bucket!r} does not exist (name the ingestion bucket with --bucket)") from None
         except Exception as exc:  # botocore ClientError and friends: name the call, the bucket and the prefix
             raise ExtractError(f"ListObjectsV2 s3://{kwargs.get('Bucket', self.bucket)}/{kwargs.get('Prefix', '')} "
-                               f"failed: {exc}") from None
+                               f"failed: {exc}{clients.throttle_hint(exc)}") from None
 
     # --- the whole run ------------------------------------------------------------------------
 
