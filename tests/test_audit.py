@@ -469,8 +469,9 @@ def test_audit_heal_outlasts_throttling_with_the_default_retry_budget(ledger, th
     assert {b: line["state"] for b, line in by_batch(result.lines).items()} == EXPECTED
     assert sorted(json.loads(u)["mini_batch_id"] for u in manifest.getvalue().splitlines()) == sorted(HEALABLE)
     assert result.summary["stuck_locks_released"] == 2
-    assert throttle.throttled == {"BatchGetItem": 8, "UpdateItem": 4}
-    assert len(throttle.waits) == 12 and max(throttle.waits[:7]) > 1  # 7 throttles in a row: waits grow towards 20 s
+    # (two reads per 100 units: the bindings, then the window locks)
+    assert throttle.throttled == {"BatchGetItem": 9, "UpdateItem": 4}
+    assert len(throttle.waits) == 13 and max(throttle.waits[:7]) > 1  # 7 throttles in a row: waits grow towards 20 s
 
 
 def test_audit_throttled_past_its_budget_fails_in_one_line_after_15_attempts(ledger, throttle, capsys):
@@ -506,7 +507,8 @@ def test_audit_reads_unprocessed_keys_again_with_its_own_backoff(ledger, throttl
 
     # THEN every lock is read, after three growing waits of batch_get's own (no SDK error, no SDK retry)
     assert {b: line["state"] for b, line in by_batch(result.lines).items()} == EXPECTED
-    assert throttle.calls["BatchGetItem"] == 5  # the defaults read (one key), then 3 partial rounds and the rest
+    # the defaults read (one key); the bindings in 3 partial rounds and the rest; then the window locks
+    assert throttle.calls["BatchGetItem"] == 6
     assert len(throttle.waits) == 3 and all(w <= 0.05 * 2 ** i for i, w in enumerate(throttle.waits))
 
 

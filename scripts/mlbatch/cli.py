@@ -587,13 +587,12 @@ def cmd_backfill(args) -> int:
         run = backfill_run(table, args.run_id, ddb)
         lock_table = args.lock_table or os.environ.get("MLBATCH_LOCK_TABLE")
         if lock_table:  # which units adopted a window their batch was already bound to
-            import boto3
-
             from .binding import run_adoptions
+            from .clients import client
             from .failures import Failure
             try:
                 run["units_adopting"], where = run_adoptions(
-                    run, lock_table, ddb, boto3.client("s3"),
+                    run, lock_table, ddb, client("s3"),
                     args.artifacts_bucket or os.environ.get("MLBATCH_ARTIFACTS_BUCKET"))
             except Failure as exc:
                 print(f"mlbatch backfill: warning: which units adopt a bound window is unknown: {exc}",
