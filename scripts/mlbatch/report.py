@@ -171,7 +171,8 @@ class Report:
         iproj, istart, istate, imb = (FIELDS.index(f) for f in ("project_name", "batch_start_ts_iso", "state",
                                                                  "mini_batch_id"))
         placed = [(r[iproj] or "", self._place(r[istart]), r) for r in self.rows]
-        placed.sort(key=lambda p: (p[0], p[1] or ("9999", 0), str(p[2][imb])))
+        iend = FIELDS.index("batch_end_ts_iso")
+        placed.sort(key=lambda p: (p[0], p[1] or ("9999", 0), str(p[2][iend]), str(p[2][imb])))  # in a window: by time
         counts = Counter(r[istate] for r in self.rows)
         summary_states = (summary or {}).get("states") or {s: n for s, n in counts.items()}
         order = [r for _, _, r in placed]
