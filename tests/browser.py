@@ -161,6 +161,7 @@ class Chromium:
 
     def screenshot(self, path: Path | str, full_page: bool = True, clip: dict | None = None) -> int:
         """PNG of the page (the whole page by default, or `clip` {x, y, width, height}): its size in bytes."""
+        self.js("new Promise(done => requestAnimationFrame(() => requestAnimationFrame(done)))")  # settle a frame
         if clip is None and full_page:
             size = self.js("({w: document.documentElement.scrollWidth, h: document.documentElement.scrollHeight})")
             clip = {"x": 0, "y": 0, "width": size["w"], "height": size["h"]}
@@ -229,3 +230,111 @@ def synthetic_lines(projects: int, first: "dt.date", days: int, seed: int = 7) -
 def synthetic_summary(lines: list[dict]) -> dict:
     from collections import Counter
     return {"units": len(lines), "states": dict(Counter(line["state"] for line in lines))}
+
+
+# --- the docs' screenshots and numbers --------------------------------------------------------------
+
+def _report(lines: list[dict], first: "dt.date", last: "dt.date", path: Path, title: str = "mlbatch audit") -> dict:
+    from mlbatch.report import Report
+    started = time.perf_counter()
+    report = Report(context={"bucket": "acme-ingest", "lock_table": "mlbatch-prod-Locks",
+                             "audited_at": f"{last + dt.timedelta(1)} 06:00 UTC"})
+    for line in lines:
+        report.add(line)
+    size = report.write(str(path), synthetic_summary(lines), first, last, title)
+    return {"units": len(lines), "bytes": size, "write_s": time.perf_counter() - started}
+
+
+def _small_lines() -> list[dict]:
+    """Three projects over three days with every state in view (a busier picture than a real week)."""
+    import random
+    lines = synthetic_lines(3, dt.date(2025, 3, 3), 3, seed=11)
+    rnd = random.Random(3)
+    names = ["traffic-anomaly", "dns-exfiltration", "login-risk"]
+    for line in lines:
+        p = int(line["project_name"][-2:])
+        line["project_name"] = names[p]
+        line["mini_batch_s3_prefix"] = line["mini_batch_s3_prefix"].replace(f"project-{p:02d}", names[p])
+        line["lock_key"] = line["lock_key"].replace(f"project-{p:02d}", names[p])
+    # a morning outage on one project: a run of MISSING windows, then a stuck one; recent ones still running
+    for line in lines:
+        start = line["batch_start_ts_iso"]
+        if line["project_name"] == "dns-exfiltration" and "2025-03-04T06:" <= start < "2025-03-04T09:":
+            for k in ("status", "attempts", "updated_at", "pipeline_execution_arn", "error", "cause"):
+                line.pop(k, None)
+            line.update(state="MISSING", healable=True)
+        if start >= "2025-03-05T22:30" and line["state"] == "SUCCEEDED" and rnd.random() < 0.8:
+            line.update(state="IN_PROGRESS", status="IN_PROGRESS")
+    for line in lines:
+        if line["project_name"] == "login-risk" and line["batch_start_ts_iso"] == "2025-03-04T13:08:00Z":
+            line.update(state="STUCK", status="IN_PROGRESS", pipeline_status="SUCCEEDED", healable=True)
+    ghost = [l for l in synthetic_lines(1, dt.date(2025, 3, 5), 1, seed=5)[:6]]
+    for line in ghost:
+        for k in ("feature_spec_version", "lock_key", "status", "attempts", "updated_at", "pipeline_execution_arn",
+                  "error", "cause"):
+            line.pop(k, None)
+        line.update(project_name="new-project", state="UNKNOWN_PROJECT", healable=False,
+                    mini_batch_s3_prefix=line["mini_batch_s3_prefix"].replace("traffic-anomaly", "new-project"))
+    return lines + ghost
+
+
+def _timings(browser: Chromium, path: Path, runs: int = 5) -> dict:
+    loads, paints = [], []
+    for _ in range(runs):
+        loads.append(browser.open(path))
+        paint = browser.js("""new Promise(done => {
+            new PerformanceObserver(l => { for (const e of l.getEntries())
+              if (e.name === 'first-contentful-paint') done(e.startTime); }).observe({type: 'paint', buffered: true});
+            setTimeout(() => done(null), 10000); })""")
+        paints.append(paint / 1000 if paint is not None else float("nan"))
+    loads.sort(), paints.sort()
+    return {"load_median_s": loads[runs // 2], "load_min_s": loads[0], "fcp_median_s": paints[runs // 2],
+            "fcp_min_s": paints[0]}
+
+
+def _click(browser: Chromium, selector: str) -> None:
+    box = browser.js(f"""(() => {{ const c = document.querySelector({json.dumps(selector)});
+        const r = c.getBoundingClientRect(); return {{x: r.x + r.width / 2, y: r.y + r.height / 2}}; }})()""")
+    for kind in ("mousePressed", "mouseReleased"):
+        browser.page("Input.dispatchMouseEvent", type=kind, x=box["x"], y=box["y"], button="left", clickCount=1)
+
+
+def main() -> None:
+    from mlbatch.settings import ROOT
+    out = ROOT / "docs" / "img"
+    out.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix="mlbatch-report-"))
+    small = _small_lines()
+    cases = {
+        "small (3 projects x 3 days)": (small, dt.date(2025, 3, 3), dt.date(2025, 3, 5), work / "small.html"),
+        "a year of one project": (synthetic_lines(1, dt.date(2025, 1, 1), 365), dt.date(2025, 1, 1),
+                                  dt.date(2025, 12, 31), work / "year.html"),
+        "20 projects x 7 days": (synthetic_lines(20, dt.date(2025, 3, 3), 7), dt.date(2025, 3, 3),
+                                 dt.date(2025, 3, 9), work / "week.html"),
+    }
+    with Chromium(width=1720, height=1000) as browser:
+        print(f"chromium: {browser.page('Runtime.evaluate', expression='navigator.userAgent')['result']['value']}")
+        for name, (lines, first, last, path) in cases.items():
+            numbers = _report(lines, first, last, path)
+            numbers.update(_timings(browser, path))
+            print(f"{name}: " + ", ".join(f"{k} {v:,.2f}" if isinstance(v, float) else f"{k} {v:,}"
+                                          for k, v in numbers.items()))
+        # the screenshots: a FAILED cell clicked, so the details show its lock and the fix
+        browser.open(cases["small (3 projects x 3 days)"][3])
+        _click(browser, "table.g td.fa")
+        height = browser.js("Math.max(document.querySelector('main').scrollHeight, "
+                            "document.getElementById('details').scrollHeight)")
+        print("audit-small.png", browser.screenshot(out / "audit-small.png", clip={"x": 0, "y": 0, "width": 1720,
+                                                                                  "height": height + 8}))
+        # content-visibility keeps off-screen months unrendered: the viewport covers the shot
+        browser.page("Emulation.setDeviceMetricsOverride", width=1720, height=1500, deviceScaleFactor=1, mobile=False)
+        browser.open(cases["a year of one project"][3])
+        _click(browser, "table.g td.po")
+        browser.js("window.scrollTo(0, 0)")
+        print("audit-year.png", browser.screenshot(out / "audit-year.png", clip={"x": 0, "y": 0, "width": 1720,
+                                                                                "height": 1500}))
+    shutil.rmtree(work)
+
+
+if __name__ == "__main__":
+    main()

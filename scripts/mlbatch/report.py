@@ -365,6 +365,7 @@ table.hd{position:sticky;top:0;z-index:2;background:#fff;border-bottom:1px solid
 table.hd th.h{padding-left:2px;border-left:1px solid #c9d0d6}
 table.g th.day{width:112px;white-space:nowrap;font-variant-numeric:tabular-nums;padding-right:6px}
 .blk{content-visibility:auto}
+.blk+.blk{border-top:1px solid #9aa5ae;margin-top:2px}
 table.g td{height:var(--row)}
 table.g td:not([class]){background:#eef1f4}
 table.g td.e{background:repeating-linear-gradient(90deg,#eef1f4 0 var(--cell),#fff 0 calc(var(--cell) + 1px))}
