@@ -145,7 +145,8 @@ class Chromium:
         """Evaluate in the page and return the value (JSON-serialisable results only)."""
         result = self.page("Runtime.evaluate", expression=expression, returnByValue=True, awaitPromise=True)
         if "exceptionDetails" in result:
-            raise CDPError(f"{expression[:80]}...: {result['exceptionDetails'].get('exception', {}).get('description')}")
+            problem = result["exceptionDetails"].get("exception", {}).get("description")
+            raise CDPError(f"{expression[:80]}...: {problem}")
         return result["result"].get("value")
 
     def key(self, key: str, code: str | None = None, key_code: int | None = None) -> None:

@@ -140,7 +140,8 @@ def read_page(chromium, path):
     chromium.page("Network.enable")
     chromium.open(path)
     page = chromium.js(READ_PAGE)
-    requests = [e["params"]["request"]["url"] for e in chromium.events if e.get("method") == "Network.requestWillBeSent"]
+    requests = [e["params"]["request"]["url"] for e in chromium.events
+                if e.get("method") == "Network.requestWillBeSent"]
     chromium.page("Network.disable")
     return page, requests
 
@@ -203,8 +204,8 @@ def test_a_cells_details_are_its_lock_and_the_command_that_fixes_it(audited, chr
     assert any("mlbatch defaults put" in c for c in shown["mb-ghost"]["fix"])
     # the page's fill-in is the Python one
     by_batch = {line["mini_batch_id"]: line for line in lines}
-    assert shown["mb-failed"]["fix"] == fix_commands(by_batch["mb-failed"], {"bucket": BUCKET,
-                                                                                 "lock_table": sandbox.table("LockTable")})
+    context = {"bucket": BUCKET, "lock_table": sandbox.table("LockTable")}
+    assert shown["mb-failed"]["fix"] == fix_commands(by_batch["mb-failed"], context)
 
 
 def test_the_keyboard_moves_a_single_focus_and_hover_shows_details(audited, chromium):
@@ -288,6 +289,21 @@ def test_the_page_is_self_contained_and_every_line_is_a_cell_even_without_a_wind
     adopted = data["cols"]["window_adopted_from"]
     values = adopted["m"].values() if "m" in adopted else adopted
     assert [v["batch_start_ts_iso"] for v in values if v] == ["2025-03-01T01:08:00Z"]
+
+
+def test_every_audit_state_has_its_letter_and_a_state_unknown_to_the_report_is_still_drawn_and_counted():
+    from mlbatch.audit import STATES
+    assert set(STATES) <= set(STATE_MARKS)
+    assert len(set(STATE_MARKS.values())) == len(STATE_MARKS)  # a letter names one state
+    # GIVEN a line in a state a newer audit might add
+    lines = synthetic_lines(1, dt.date(2025, 3, 1), 1)[:3]
+    lines[1]["state"] = "SOMETHING_NEW"
+    report = Report()
+    for line in lines:
+        report.add(line)
+    # WHEN drawn THEN it is a cell, in the legend with its count
+    page = report.html(synthetic_summary(lines))
+    assert "<li data-state=SOMETHING_NEW data-count=1>" in page and page.count("<td class=ot>*</td>") == 1
 
 
 def test_a_year_of_one_project_stays_small_and_opens_fast(chromium, tmp_path):

@@ -190,11 +190,14 @@ class Report:
                    f"{self.slots_per_day} windows a day (UTC)"
                    f"{' · audited ' + html.escape(str(ctx['audited_at'])) if ctx.get('audited_at') else ''}</p>")
         out.append("<ul id=legend aria-label='states and counts'>")
-        for state, letter in STATE_MARKS.items():
+        # a state this version does not know (a newer audit's) is still counted and drawn: "*", grey
+        others = sorted(s for s in {*counts, *summary_states} if s not in STATE_MARKS)
+        for state in [*STATE_MARKS, *others]:
             n = int(summary_states.get(state, 0))
-            out.append(f"<li data-state={state} data-count={n}{' class=zero' if not n else ''}>"
-                       f"<i class={_CLASS[state]}>{html.escape(letter)}</i><b>{state}</b> <span>{n:,}</span>"
-                       f"<small>{_MEANING[state]}</small></li>")
+            out.append(f"<li data-state={html.escape(str(state))} data-count={n}{' class=zero' if not n else ''}>"
+                       f"<i class={_CLASS.get(state, 'ot')}>{html.escape(STATE_MARKS.get(state, '*'))}</i>"
+                       f"<b>{html.escape(str(state))}</b> <span>{n:,}</span>"
+                       f"<small>{_MEANING.get(state, 'a state this report does not know')}</small></li>")
         out.append("</ul><p class=help>Hover a cell, or click one and move with the arrow keys (Home/End: the "
                    "day's first/last batch, PageUp/PageDown: a week). Several batches in one window are stacked in "
                    "their slot, outlined.</p></header>")
@@ -233,7 +236,7 @@ class Report:
                 previous = d
                 blocks[-1][1].append(self._day_row(d, by_day.get(day, {}), istate))
             if unplaced:
-                inner = "".join(f"<i class={_CLASS.get(r[istate], 'up')}>{STATE_MARKS.get(r[istate], '?')}</i>"
+                inner = "".join(f"<i class={_CLASS.get(r[istate], 'ot')}>{STATE_MARKS.get(r[istate], '*')}</i>"
                                 for r in unplaced)
                 blocks.append(("no window", [f"<tr class=d><th class=day>no window</th><td colspan={self.slots_per_day}"
                                              f" class=loose>{inner}</td><td class=n>{len(unplaced)}</td></tr>"]))
@@ -244,7 +247,7 @@ class Report:
             out.append("</section>")
 
         out.append("</main><aside id=details aria-live=polite><h2>Details</h2><p>Hover or focus a cell.</p></aside>")
-        data = {"fields": FIELDS, "cols": self._columns(order), "marks": STATE_MARKS}
+        data = {"fields": FIELDS, "cols": self._columns(order), "marks": STATE_MARKS, "classes": _CLASS}
         blob = json.dumps(data, separators=(",", ":")).replace("<", "\\u003c")
         out.append(f"<script type=application/json id=units>{blob}</script><script>{_JS}</script></body></html>")
         return "".join(out)
@@ -253,7 +256,8 @@ class Report:
         """Column widths every table shares (header and month tables line up): border-box cells, 1px spacing."""
         n = len(self.minutes)
         width = _DAY + _GAPS + self.slots_per_day * _CELL + self.slots_per_day + 3
-        return f"table.g{{width:{width}px}}table.hd th.h{{width:{n * _CELL + n - 1}px}}"
+        return (f":root{{--cell:{_CELL}px}}table.g{{width:{width}px}}table.hd th.h{{width:{n * _CELL + n - 1}px}}"
+                f"table.g th.day{{width:{_DAY}px}}table.g td.n,table.g th.n{{width:{_GAPS}px}}")
 
     def _day_row(self, d: dt.date, slots: dict[int, list], istate: int) -> str:
         """One day: a cell per batch in its window's slot (several stacked), empty slots merged."""
@@ -268,13 +272,13 @@ class Report:
             if empty:
                 cells.append("<td></td>" * empty if empty < 3 else f"<td colspan={empty} class=e></td>")
                 empty = 0
-            inner = "".join(f"<i class={_CLASS.get(r[istate], 'up')}>{html.escape(STATE_MARKS.get(r[istate], '?'))}</i>"
+            inner = "".join(f"<i class={_CLASS.get(r[istate], 'ot')}>{html.escape(STATE_MARKS.get(r[istate], '*'))}</i>"
                             for r in rs)
             if len(rs) > 1:
                 cells.append(f"<td class=m{min(len(rs), 3)}>{inner}</td>")
             else:  # the cell is the td itself: half the elements for the browser to lay out
-                cells.append(f"<td class={_CLASS.get(rs[0][istate], 'up')}>"
-                             f"{html.escape(STATE_MARKS.get(rs[0][istate], '?'))}</td>")
+                cells.append(f"<td class={_CLASS.get(rs[0][istate], 'ot')}>"
+                             f"{html.escape(STATE_MARKS.get(rs[0][istate], '*'))}</td>")
         if empty:
             cells.append("<td></td>" * empty if empty < 3 else f"<td colspan={empty} class=e></td>")
         month = " class='d m1'" if d.day == 1 else " class=d"
@@ -363,13 +367,13 @@ table.g th,table.g td{box-sizing:border-box;padding:0}
 table.g th{font-weight:500;color:#4a5561;font-size:11px;text-align:left}
 table.hd{position:sticky;top:0;z-index:2;background:#fff;border-bottom:1px solid #c9d0d6}
 table.hd th.h{padding-left:2px;border-left:1px solid #c9d0d6}
-table.g th.day{width:112px;white-space:nowrap;font-variant-numeric:tabular-nums;padding-right:6px}
+table.g th.day{white-space:nowrap;font-variant-numeric:tabular-nums;padding-right:6px}
 .blk{content-visibility:auto}
 .blk+.blk{border-top:1px solid #9aa5ae;margin-top:2px}
 table.g td{height:var(--row)}
 table.g td:not([class]){background:#eef1f4}
 table.g td.e{background:repeating-linear-gradient(90deg,#eef1f4 0 var(--cell),#fff 0 calc(var(--cell) + 1px))}
-table.g td.n,table.g th.n{background:none;width:34px;text-align:right;font-size:11px;color:#9b2c1a;font-weight:600}
+table.g td.n,table.g th.n{background:none;text-align:right;font-size:11px;color:#9b2c1a;font-weight:600}
 table.g th.n{color:#4a5561;font-weight:500}
 table.g td.loose{background:none}
 table.g tr.skip td{background:none;height:auto;color:#5d6873;font-size:11px;padding:3px 0 3px 118px}
@@ -391,6 +395,7 @@ repeating-linear-gradient(-45deg,#0000 0 2px,#fff4 2px 3px)}
 .co{background:#cc3f8f;background-image:repeating-linear-gradient(90deg,#0000 0 2px,#fff6 2px 3px)}
 .us{background:#6b7580;background-image:repeating-conic-gradient(#fff4 0 25%,#0000 0 50%);background-size:4px 4px}
 .up{background:#aab3bb;color:#1d232a}
+.ot{background:#d4dadf;color:#1d232a}
 table.g td:not(.e):not(.n):not(.loose):not(.m2):not(.m3),td i{cursor:pointer}
 table.g td:not(.e):not(.n):not(.loose):not(.m2):not(.m3):hover,td i:hover{outline:2px solid #1d232a;outline-offset:-1px}
 table.g td:focus,td i:focus{outline:3px solid #1d232a;outline-offset:-1px;position:relative;z-index:1;
@@ -407,71 +412,141 @@ border-left:1px solid #d4dadf;background:#f8fafb;font-size:12px}
 """
 
 _JS = r"""
-(function(){
+(function () {
 "use strict";
-var D=JSON.parse(document.getElementById("units").textContent);
-var SEL="table.g td.ok,td.ip,td.st,td.fa,td.po,td.mi,td.co,td.us,td.up,td i";
-var cells=document.querySelectorAll(SEL), index=new Map(), details=document.getElementById("details");
-var CLASS={SUCCEEDED:"ok",IN_PROGRESS:"ip",STUCK:"st",FAILED:"fa",POISONED:"po",MISSING:"mi",COLLISION:"co",
-UNKNOWN_STATUS:"us",UNKNOWN_PROJECT:"up"};
-for(var n=0;n<cells.length;n++){index.set(cells[n],n);}
-function raw(f,i){var c=D.cols[f],s,t;if(c===undefined)return null;if(Array.isArray(c))return c[i];
-  if(c.m)return c.m.hasOwnProperty(i)?c.m[i]:null;s=c.i[i];if(c.d)return s===null?null:c.d[s];
-  t=c.t[i];if(s===null)return t;return c.s[s]+(t===0?raw("mini_batch_id",i)+"/":t);}
-function val(f,i){var v=raw(f,i);if(f==="lock_key"&&v===0)v=[raw("project_name",i),raw("feature_spec_version",i),
-  raw("batch_start_ts_iso",i),raw("batch_end_ts_iso",i)].join("#");return v;}
-function q(v){v=String(v);return /^[A-Za-z0-9\-_.\/:=@,+]+$/.test(v)?v:"'"+v.replace(/'/g,"'\\''")+"'";}
-function fill(t,u){var p=String(u.mini_batch_s3_prefix||"").split("/"),day=p.slice(-5,-2).join("-")||"<day>";
-  var x={key:u.lock_key,arn:u.pipeline_execution_arn,day:day,project:u.project_name,next:(parseInt(u.attempts,10)||0)+1};
-  return t.replace(/\{(key|arn|day|project|next)\}/g,function(m,k){return q(x[k]);});}
-function unit(i){var u={};for(var k=0;k<D.fields.length;k++){var v=val(D.fields[k],i);if(v!==null&&v!==undefined)u[D.fields[k]]=v;}return u;}
-function esc(s){return String(s).replace(/[&<>"]/g,function(c){return{"&":"&amp;","<":"&lt;",">":"&gt;",'"':"&quot;"}[c];});}
-var ROWS=[["mini_batch_id","batch"],["project_name","project"],["mini_batch_s3_prefix","folder"],
-["feature_spec_version","feature spec"],["batch_start_ts_iso","window start"],["batch_end_ts_iso","window end"],
-["lock_key","lock key"],["status","lock status"],["attempts","attempts"],["updated_at","updated at"],
-["pipeline_execution_arn","pipeline execution"],["pipeline_status","pipeline status"],["pipeline_problem","problem"],
-["error","error"],["cause","cause"],["held_by_mini_batch_id","held by batch"],["timestamp_suspect","suspect timestamp"],
-["healable","healable"],["lock_released","lock released"],["heal_note","heal note"]];
-function show(el){
-  var i=index.get(el);if(i===undefined)return;var u=unit(i);
-  var h=["<h2>Details</h2><dl><dt>state</dt><dd class=state data-field=state><b class=",CLASS[u.state]||"up",">",
-    esc(D.marks[u.state]||"?")," ",esc(u.state),"</b></dd>"];
-  ROWS.forEach(function(r){if(u[r[0]]===undefined)return;var v=u[r[0]];
-    h.push("<dt>",r[1],"</dt><dd data-field=",r[0],">",esc(typeof v==="object"?JSON.stringify(v):v),"</dd>");});
-  if(u.window_adopted_from){var a=u.window_adopted_from;
-    h.push("<dt>adopted from</dt><dd data-field=window_adopted_from>",esc(a.lock_key||JSON.stringify(a)),
-      a.batch_start_ts_iso?" ("+esc(a.batch_start_ts_iso)+" to "+esc(a.batch_end_ts_iso||"")+")":"","</dd>");}
-  h.push("</dl>");
-  if(u.fix&&u.fix.length){h.push("<h3>What to run</h3>");u.fix.forEach(function(c){h.push("<pre data-field=fix>",esc(fill(c,u)),"</pre>");});}
-  details.innerHTML=h.join("");details.dataset.index=i;
+// The units, column by column (Report._columns): cell n of the grid (document order) is unit n.
+var D = JSON.parse(document.getElementById("units").textContent);
+var SEL = "table.g td.ok,td.ip,td.st,td.fa,td.po,td.mi,td.co,td.us,td.up,td.ot,td i";
+var cells = document.querySelectorAll(SEL), index = new Map(), details = document.getElementById("details");
+for (var n = 0; n < cells.length; n++) index.set(cells[n], n);
+
+function raw(f, i) {
+  var c = D.cols[f], s, t;
+  if (c === undefined) return null;
+  if (Array.isArray(c)) return c[i];
+  if (c.m) return c.m.hasOwnProperty(i) ? c.m[i] : null;            // sparse
+  s = c.i[i];
+  if (c.d) return s === null ? null : c.d[s];                          // distinct values
+  t = c.t[i];                                                          // stem + tail
+  if (s === null) return t;
+  return c.s[s] + (t === 0 ? raw("mini_batch_id", i) + "/" : t);
 }
-var current=cells[0]||null;if(current)current.tabIndex=0;
-function move(el){if(!el)return;if(current&&current!==el)current.removeAttribute("tabindex");
-  current=el;el.tabIndex=0;el.focus();}
-function rowCells(tr){return tr.querySelectorAll(SEL);}
-function cellTd(el){return el.tagName==="TD"?el:el.parentElement;}
-var rows=null;
-function dataRows(){if(!rows)rows=Array.prototype.filter.call(document.querySelectorAll("tr.d"),function(tr){return tr.querySelector(SEL);});return rows;}
-function column(el){var td=cellTd(el),c=0,x=td.previousElementSibling;
-  while(x){c+=x.colSpan||1;x=x.previousElementSibling;}return c;}
-function nearest(tr,col){var best=null,bd=1e9,cs=rowCells(tr);
-  for(var k=0;k<cs.length;k++){var d=Math.abs(column(cs[k])-col);if(d<bd){bd=d;best=cs[k];}}return best;}
-document.addEventListener("keydown",function(e){
-  var el=document.activeElement;if(index.get(el)===undefined)return;
-  var tr=cellTd(el).parentElement,cs=Array.prototype.slice.call(rowCells(tr)),k=cs.indexOf(el),t=null,rs,r;
-  switch(e.key){
-    case "ArrowRight":t=cs[k+1]||null;if(!t){rs=dataRows();r=rs.indexOf(tr);if(rs[r+1])t=rowCells(rs[r+1])[0];}break;
-    case "ArrowLeft":t=cs[k-1]||null;if(!t){rs=dataRows();r=rs.indexOf(tr);if(r>0){var p=rowCells(rs[r-1]);t=p[p.length-1];}}break;
-    case "ArrowDown":case "ArrowUp":case "PageDown":case "PageUp":
-      rs=dataRows();r=rs.indexOf(tr);var step={ArrowDown:1,ArrowUp:-1,PageDown:7,PageUp:-7}[e.key];
-      r=Math.max(0,Math.min(rs.length-1,r+step));t=nearest(rs[r],column(el));break;
-    case "Home":t=e.ctrlKey?cells[0]:cs[0];break;
-    case "End":t=e.ctrlKey?cells[cells.length-1]:cs[cs.length-1];break;
-    default:return;}
-  e.preventDefault();if(t)move(t);});
-document.addEventListener("focusin",function(e){if(index.get(e.target)!==undefined){
-  if(current!==e.target){if(current)current.removeAttribute("tabindex");current=e.target;current.tabIndex=0;}show(e.target);}});
-document.addEventListener("mouseover",function(e){if(index.get(e.target)!==undefined)show(e.target);});
-document.addEventListener("mousedown",function(e){if(index.get(e.target)!==undefined){e.preventDefault();move(e.target);}});
+function val(f, i) {
+  var v = raw(f, i);
+  if (f === "lock_key" && v === 0)                                     // the lock contract's key
+    v = [raw("project_name", i), raw("feature_spec_version", i), raw("batch_start_ts_iso", i),
+         raw("batch_end_ts_iso", i)].join("#");
+  return v;
+}
+function unit(i) {
+  var u = {};
+  D.fields.forEach(function (f) { var v = val(f, i); if (v !== null && v !== undefined) u[f] = v; });
+  return u;
+}
+function q(v) {  // a shell word, as report._q
+  v = String(v);
+  return /^[A-Za-z0-9\-_.\/:=@,+]+$/.test(v) ? v : "'" + v.replace(/'/g, "'\\''") + "'";
+}
+function fill(t, u) {  // a fix template for one unit, as report.fill
+  var day = String(u.mini_batch_s3_prefix || "").split("/").slice(-5, -2).join("-") || "<day>";
+  var x = {key: u.lock_key, arn: u.pipeline_execution_arn, day: day, project: u.project_name,
+           next: (parseInt(u.attempts, 10) || 0) + 1};
+  return t.replace(/\{(key|arn|day|project|next)\}/g, function (m, k) { return q(x[k]); });
+}
+function esc(s) {
+  return String(s).replace(/[&<>"]/g, function (c) { return {"&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;"}[c]; });
+}
+var ROWS = [["mini_batch_id", "batch"], ["project_name", "project"], ["mini_batch_s3_prefix", "folder"],
+  ["feature_spec_version", "feature spec"], ["batch_start_ts_iso", "window start"], ["batch_end_ts_iso", "window end"],
+  ["lock_key", "lock key"], ["status", "lock status"], ["attempts", "attempts"], ["updated_at", "updated at"],
+  ["pipeline_execution_arn", "pipeline execution"], ["pipeline_status", "pipeline status"],
+  ["pipeline_problem", "problem"], ["error", "error"], ["cause", "cause"], ["held_by_mini_batch_id", "held by batch"],
+  ["timestamp_suspect", "suspect timestamp"], ["healable", "healable"], ["lock_released", "lock released"],
+  ["heal_note", "heal note"]];
+
+function show(el) {
+  var i = index.get(el);
+  if (i === undefined) return;
+  var u = unit(i), a = u.window_adopted_from;
+  var h = ["<h2>Details</h2><dl><dt>state</dt><dd class=state data-field=state><b class=",
+           D.classes[u.state] || "ot", ">", esc(D.marks[u.state] || "*"), " ", esc(u.state), "</b></dd>"];
+  ROWS.forEach(function (r) {
+    if (u[r[0]] === undefined) return;
+    var v = u[r[0]];
+    h.push("<dt>", r[1], "</dt><dd data-field=", r[0], ">", esc(typeof v === "object" ? JSON.stringify(v) : v), "</dd>");
+  });
+  if (a) h.push("<dt>adopted from</dt><dd data-field=window_adopted_from>", esc(a.lock_key || JSON.stringify(a)),
+                a.batch_start_ts_iso ? " (" + esc(a.batch_start_ts_iso) + " to " + esc(a.batch_end_ts_iso || "") + ")" : "",
+                "</dd>");
+  h.push("</dl>");
+  if (u.fix && u.fix.length) {
+    h.push("<h3>What to run</h3>");
+    u.fix.forEach(function (c) { h.push("<pre data-field=fix>", esc(fill(c, u)), "</pre>"); });
+  }
+  details.innerHTML = h.join("");
+}
+
+// Keyboard: one tab stop (roving tabindex) that the arrow keys move.
+var current = cells[0] || null, rows = null;
+if (current) current.tabIndex = 0;
+function move(el) {
+  if (!el) return;
+  if (current && current !== el) current.removeAttribute("tabindex");
+  current = el;
+  el.tabIndex = 0;
+  el.focus();
+}
+function rowCells(tr) { return tr.querySelectorAll(SEL); }
+function cellTd(el) { return el.tagName === "TD" ? el : el.parentElement; }
+function dataRows() {  // day rows holding at least one batch, every project, in page order
+  if (!rows) rows = Array.prototype.filter.call(document.querySelectorAll("tr.d"),
+                                                function (tr) { return tr.querySelector(SEL); });
+  return rows;
+}
+function column(el) {
+  var c = 0, x = cellTd(el).previousElementSibling;
+  for (; x; x = x.previousElementSibling) c += x.colSpan || 1;
+  return c;
+}
+function nearest(tr, col) {
+  var best = null, bd = 1e9, cs = rowCells(tr);
+  for (var k = 0; k < cs.length; k++) { var d = Math.abs(column(cs[k]) - col); if (d < bd) { bd = d; best = cs[k]; } }
+  return best;
+}
+document.addEventListener("keydown", function (e) {
+  var el = document.activeElement;
+  if (index.get(el) === undefined) return;
+  var tr = cellTd(el).parentElement, cs = Array.prototype.slice.call(rowCells(tr)), k = cs.indexOf(el);
+  var t = null, rs, r, p;
+  switch (e.key) {
+    case "ArrowRight":
+      t = cs[k + 1] || null;
+      if (!t) { rs = dataRows(); r = rs.indexOf(tr); if (rs[r + 1]) t = rowCells(rs[r + 1])[0]; }
+      break;
+    case "ArrowLeft":
+      t = cs[k - 1] || null;
+      if (!t) { rs = dataRows(); r = rs.indexOf(tr); if (r > 0) { p = rowCells(rs[r - 1]); t = p[p.length - 1]; } }
+      break;
+    case "ArrowDown": case "ArrowUp": case "PageDown": case "PageUp":
+      rs = dataRows();
+      r = rs.indexOf(tr) + {ArrowDown: 1, ArrowUp: -1, PageDown: 7, PageUp: -7}[e.key];
+      t = nearest(rs[Math.max(0, Math.min(rs.length - 1, r))], column(el));
+      break;
+    case "Home": t = e.ctrlKey ? cells[0] : cs[0]; break;
+    case "End": t = e.ctrlKey ? cells[cells.length - 1] : cs[cs.length - 1]; break;
+    default: return;
+  }
+  e.preventDefault();
+  move(t);
+});
+document.addEventListener("focusin", function (e) {
+  if (index.get(e.target) === undefined) return;
+  if (current !== e.target) { if (current) current.removeAttribute("tabindex"); current = e.target; current.tabIndex = 0; }
+  show(e.target);
+});
+document.addEventListener("mouseover", function (e) { if (index.get(e.target) !== undefined) show(e.target); });
+document.addEventListener("mousedown", function (e) {
+  if (index.get(e.target) !== undefined) { e.preventDefault(); move(e.target); }
+});
 })();
 """
