@@ -387,7 +387,8 @@ def cmd_audit(args) -> int:
     progress.done()
     summary = result.summary
     if report is not None:
-        print(f"mlbatch audit: report of {summary['units']} units written to {args.html} ({size / 1e6:.1f} MB): "
+        shown = f"{size / 1e6:.1f} MB" if size >= 1e6 else f"{max(1, round(size / 1e3))} kB"
+        print(f"mlbatch audit: report of {summary['units']} units written to {args.html} ({shown}): "
               "open it in a browser", file=sys.stderr)
     if args.json:
         print(json.dumps({"summary": summary}))
