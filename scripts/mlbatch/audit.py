@@ -46,7 +46,7 @@ _BATCH = 100  # BatchGetItem's limit
 #: What the audit reads of a lock (BatchGetItem's ProjectionExpression): what it classifies by and
 #: reports, no more -- a read's cost grows with the attributes returned.
 _LEDGER_FIELDS = ("lock_key", "status", "mini_batch_id", "attempts", "updated_at", "pipeline_execution_arn", "error",
-                  "source")
+                  "source", "cause")
 
 
 def _now() -> dt.datetime:
@@ -321,6 +321,8 @@ class Auditor:
                 if state in ("FAILED", "POISONED"):
                     line["attempts"] = _attempts(lock)
                     line["error"] = lock.get("error")
+                    if "cause" in lock:
+                        line["cause"] = lock["cause"]
                 if state == "COLLISION":
                     line["held_by_mini_batch_id"] = lock["mini_batch_id"]
             healable = state in ("MISSING", "FAILED")
@@ -439,14 +441,15 @@ def run_audit(bucket: str, first: dt.date, last: dt.date, *, lock_table: str, de
               stuck_after_minutes: int = DEFAULT_STUCK_AFTER_MINUTES, max_attempts: int = DEFAULT_MAX_ATTEMPTS,
               suspect_after_days: int = SUSPECT_AFTER_DAYS, strict: bool = False, representative: str = "earliest",
               workers: int = 8, s3=None, dynamodb=None, sfn=None, now: dt.datetime | None = None,
-              progress: Callable[[str], None] | None = None, warn: Callable[[str], None] | None = None) -> AuditResult:
+              progress: Callable[[str], None] | None = None, warn: Callable[[str], None] | None = None,
+              on_line: Callable[[dict], None] | None = None) -> AuditResult:
     """Audit the batch folders of first..last against the lock ledger.
 
     Lines go to `output` (JSON Lines) or, when it is None, into the result. With `manifest` (an
     open text stream) and not `dry_run`, this is the heal: stuck locks whose pipeline has ended
     are released (FAILED, Audit.Stuck) and every unit to heal is written to `manifest` as an
     execution unit. Raises :class:`ExtractError` when the run cannot be completed (with `strict`,
-    also when a unit's LastModified is suspect)."""
+    also when a unit's LastModified is suspect). `on_line` sees every line too (the --html report)."""
     extractor = Extractor(bucket, defaults_table, s3=s3, dynamodb=dynamodb, representative=representative,
                           strict=strict, workers=workers, progress=progress, suspect_after_days=suspect_after_days,
                           warn=warn, keep_unknown=True)
@@ -457,6 +460,8 @@ def run_audit(bucket: str, first: dt.date, last: dt.date, *, lock_table: str, de
     reported: set[str] = set()  # released locks whose line went to the output
     try:
         for line, in_manifest in auditor.lines(first, last, prefix, projects):
+            if on_line is not None:
+                on_line(line)
             if output is None:
                 kept.append(line)
             else:

@@ -350,12 +350,21 @@ def cmd_audit(args) -> int:
     if not lock_table:
         return _usage("audit", "name the lock table with --lock-table or MLBATCH_LOCK_TABLE "
                                "(the stack's LockTableName output)")
+    if args.html and args.html.startswith("s3://"):
+        return _usage("audit", "--html writes a local file: name a path (e.g. --html audit.html)")
     progress = Progress(enabled=not args.quiet)
+    report = None
+    if args.html:  # the picture of the same lines (docs/audit-report.md)
+        from .report import Report
+        report = Report(context={"bucket": args.bucket, "lock_table": args.lock_table,
+                                 "audited_at": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")})
 
     def warn(msg: str) -> None:
         print(f"mlbatch audit: warning: {msg}", file=sys.stderr)
     try:
         with contextlib.ExitStack() as stack:  # outputs are checked before any listing
+            if report is not None:
+                check_output(args.html, what="--html")
             out = stack.enter_context(open_output(args.output))
             manifest = None
             if args.manifest and args.dry_run:
@@ -367,7 +376,10 @@ def cmd_audit(args) -> int:
                 projects=args.project, output=out, manifest=manifest, dry_run=args.dry_run,
                 stuck_after_minutes=args.stuck_after or DEFAULT_STUCK_AFTER_MINUTES,
                 max_attempts=args.max_attempts or DEFAULT_MAX_ATTEMPTS, suspect_after_days=args.suspect_after_days,
-                strict=args.strict, workers=args.workers, progress=progress, warn=warn)
+                strict=args.strict, workers=args.workers, progress=progress, warn=warn,
+                on_line=report.add if report is not None else None)
+            if report is not None:
+                size = report.write(args.html, result.summary, *dates)
     except HealStopped as exc:
         progress.done()
         return _heal_stopped(exc, args.output)
@@ -375,8 +387,17 @@ def cmd_audit(args) -> int:
         progress.done()
         print(f"mlbatch audit: {exc}", file=sys.stderr)
         return 1
+    except OSError as exc:  # only the report's write is left outside ExtractError
+        progress.done()
+        print(f"mlbatch audit: --html {args.html}: cannot write it ({exc.strerror}); name a writable path",
+              file=sys.stderr)
+        return 1
     progress.done()
     summary = result.summary
+    if report is not None:
+        shown = f"{size / 1e6:.1f} MB" if size >= 1e6 else f"{max(1, round(size / 1e3))} kB"
+        print(f"mlbatch audit: report of {summary['units']} units written to {args.html} ({shown}): "
+              "open it in a browser", file=sys.stderr)
     if args.json:
         print(json.dumps({"summary": summary}))
     else:
@@ -431,6 +452,7 @@ def _audit_parser(sub) -> None:
                "      --defaults-table mlbatch-ProjectDefaults > audit.jsonl\n"
                "  mlbatch audit ... --manifest s3://<ArtifactsBucketName>/backfill/heal-2024-03.jsonl   # the heal\n"
                "  jq -c 'select(.state == \"MISSING\")' audit.jsonl\n"
+               "  mlbatch audit ... --html audit.html > audit.jsonl   # the same run as a picture\n"
                "states: SUCCEEDED IN_PROGRESS STUCK FAILED POISONED MISSING COLLISION UNKNOWN_STATUS UNKNOWN_PROJECT\n"
                "exit codes: 0 every unit SUCCEEDED or IN_PROGRESS, 3 gaps (any other state), 1 error, 2 usage\n"
                "guide: docs/audit.md")
@@ -459,6 +481,8 @@ def _audit_parser(sub) -> None:
                    help="a suspect LastModified is fatal: such units are not reported, exit 1, no manifest")
     p.add_argument("--json", action="store_true", help="the summary as one JSON object on stdout after the lines "
                                                        "(instead of the table on stderr)")
+    p.add_argument("--html", metavar="FILE", help="also write the audit as one self-contained HTML page: a calendar "
+                                                  "of days x windows per project (docs/audit-report.md)")
     p.add_argument("--workers", type=_int_at_least(1), default=8, help="date spans listed in parallel (default 8)")
     p.add_argument("--quiet", action="store_true", help="no progress on stderr")
     p.set_defaults(func=cmd_audit)
