@@ -55,7 +55,7 @@ def test_every_template_has_its_rendered_file():
 # AWS's own language service know both. Only those messages are forgiven, and a "not a JSONPath"
 # message only for a field that does hold a variable reference.
 STATELINT_GAPS = re.compile(r'Field "InputType" not allowed in .*\.ItemReader\.ReaderConfig|Field "Assign" not allowed in ')
-NOT_A_PATH = re.compile(r'Field "(?P<field>[^"]+)" of Parameters at "[^"]*" is not a JSONPath or intrinsic function expression')
+NOT_A_PATH = re.compile(r'Field "(?P<field>[^"]+)" of (?:Parameters|ResultSelector) at "[^"]*" is not a JSONPath or intrinsic function expression')
 VARIABLE = re.compile(r"\$[A-Za-z_][A-Za-z0-9_]*")
 
 

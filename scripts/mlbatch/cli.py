@@ -195,7 +195,7 @@ def cmd_bench(args) -> int:
     with Progress() as progress:
         parts = {"intake": lambda: bench_intake(runs=args.runs, progress=progress, baseline=args.baseline),
                  "pipeline": lambda: bench_pipeline(runs=args.runs, progress=progress, baseline=args.baseline),
-                 "backfill": lambda: bench_backfill_unit(progress=progress),
+                 "backfill": lambda: bench_backfill_unit(progress=progress, runs=args.runs, baseline=args.baseline),
                  "extractor": lambda: bench_extractor(progress=progress)}
         for name in args.only or list(parts):
             rows = parts[name]()
