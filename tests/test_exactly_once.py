@@ -326,3 +326,92 @@ def test_a_backfill_of_a_day_through_the_extractor_runs_only_the_batches_live_tr
     assert (again.output["started"], again.output["suppressed"]) == (0, 4)
     assert late.output["status"] == "DUPLICATE_SUPPRESSED"
     assert sb.runs.per_folder() == {folder(b, day): 1 for b in batches}
+
+
+# --- every reader and every healer, through the CLI -------------------------------------------------
+
+def _sweep_input(sb, until: str) -> dict:
+    """What the template's sweep schedule sends, at a scheduled time."""
+    from mlbatch.template import load
+    tpl = load(parameters={**sb.template.parameters, "SweepSchedule": "rate(1 day)", "SweepDays": "1"})
+    (sweep,) = tpl.resources("AWS::Scheduler::Schedule").values()
+    return json.loads(tpl.resolve(sweep["Properties"])["Target"]["Input"].replace("<aws.scheduler.scheduled-time>",
+                                                                                  until))
+
+
+def test_live_batches_stay_done_through_the_audit_its_heal_a_backfill_the_sweep_and_an_upgrade(flows, cli, tmp_path):
+    # GIVEN a day of five batch folders; four delivered live, their events stamped off LastModified by
+    # +0.4 s, the same instant spelled differently, -30 s, and across a grid minute; one never arrived
+    from moto.s3.models import s3_backends
+    sb, day, date = flows, "2024/08/14", "2024-08-14"
+    batches = [new_batch() for _ in range(5)]
+    last_modified = [dt.datetime(2024, 8, 14, 1, 10, 29), dt.datetime(2024, 8, 14, 2, 10, 29),
+                     dt.datetime(2024, 8, 14, 3, 10, 15), dt.datetime(2024, 8, 14, 4, 23, 3),
+                     dt.datetime(2024, 8, 14, 5, 30)]
+    stamps = [f"{date}T01:10:29.400Z", f"{date}T02:10:29.000Z", f"{date}T03:09:45Z", f"{date}T04:22:58Z"]
+    s3 = sb.engine.client("s3")
+    for batch, t in zip(batches, last_modified):
+        key = folder(batch, day).removeprefix(f"s3://{INGEST}/") + "part-0.json.gz"
+        s3.put_object(Bucket=INGEST, Key=key, Body=b"{}")
+        s3_backends["123456789012"]["aws"].get_object(INGEST, key).last_modified = t
+    for batch, ts in zip(batches, stamps):
+        finish(sb, sb.intake(event(batch, ts, day)))
+    tables = ["--lock-table", sb.table("LockTable"), "--defaults-table", sb.table("ProjectDefaultsTable")]
+    audit = ["audit", "--bucket", INGEST, "--from", date, "--to", date, "--project", PROJECT, "--json", *tables]
+    artifacts = sb.deployment.buckets["ArtifactsBucket"]
+
+    def audited(*extra: str) -> tuple[int, dict, str]:
+        code, out, err = cli(*audit, *extra)
+        lines = [json.loads(line) for line in out.splitlines()]
+        return code, {line["mini_batch_id"]: line for line in lines if "mini_batch_id" in line}, err
+
+    # WHEN the audit heals into a manifest and the backfill runs it
+    heal = tmp_path / "heal.jsonl"
+    code, lines, _ = audited("--manifest", str(heal))
+    s3.put_object(Bucket=artifacts, Key="backfill/heal/units.jsonl", Body=heal.read_bytes())
+    healed = sb.engine.run(sb.backfill_variant("HappyPath"),
+                           {"manifest": {"bucket": artifacts, "key": "backfill/heal/units.jsonl"}}, timeout=300)
+
+    # THEN every live batch audits SUCCEEDED in its live window; only the one that never arrived is healed
+    assert code == 3
+    assert {b: line["state"] for b, line in lines.items()} == {**{b: "SUCCEEDED" for b in batches[:4]},
+                                                              batches[4]: "MISSING"}
+    # (each lock key spells the end as its event did, `...:29.000Z` too: all four adopt the live window)
+    assert all(lines[b]["window_adopted_from"]["lock_key"] != lines[b]["lock_key"] for b in batches[:4])
+    assert [json.loads(u)["mini_batch_id"] for u in heal.read_text().splitlines()] == [batches[4]]
+    assert (healed.output["units"], healed.output["started"]) == (1, 1)
+
+    # WHEN the day is backfilled through the extractor, the sweep runs over it, and a late event arrives
+    manifest = tmp_path / "units.jsonl"
+    assert main(["extract", "--bucket", INGEST, "--from", date, "--to", date, "--quiet", "--project", PROJECT,
+                 "--defaults-table", sb.table("ProjectDefaultsTable"), "--output", str(manifest)]) == 0
+    day_backfill = backfill(sb, [json.loads(u) for u in manifest.read_text().splitlines()])
+    name = f"sweep-{uuid.uuid4().hex[:8]}"
+    s3.put_object(Bucket=artifacts, Key=f"backfill/{name}/units.jsonl", Body=manifest.read_bytes())
+    sweep = sb.engine.run(sb.backfill_variant("HappyPath") + "#ExtractorSucceeds",
+                          _sweep_input(sb, f"{date}T23:30:00Z"), name=name, timeout=300)
+    late = sb.intake(event(batches[4], f"{date}T05:29:41Z", day))
+
+    # THEN nothing runs again, and the audit finds no gap
+    assert (day_backfill.output["started"], day_backfill.output["suppressed"]) == (0, 5)
+    assert (sweep.status, sweep.output["started"], sweep.output["suppressed"]) == ("SUCCEEDED", 0, 5)
+    assert late.output["status"] == "DUPLICATE_SUPPRESSED"
+    assert audited()[0] == 0
+    assert sb.runs.per_folder() == {folder(b, day): 1 for b in batches}
+
+    # WHEN the ledger is as an mlbatch before bindings left it (window locks only), then upgraded
+    for binding in sb.bindings():
+        sb.engine.dynamodb.delete_item(TableName=sb.table("LockTable"), Key={"lock_key": {"S": binding["lock_key"]}})
+    before_upgrade = audited()
+    assert cli("locks", "bind", "--table", sb.table("LockTable"))[0] == 0
+    after_upgrade = audited()
+    again = backfill(sb, [json.loads(u) for u in manifest.read_text().splitlines()])
+
+    # THEN before the upgrade the live batches whose windows differ look MISSING and the audit names the
+    # migration; after it every batch is SUCCEEDED, and a backfill of the day still runs nothing
+    assert before_upgrade[0] == 3 and "mlbatch locks bind" in before_upgrade[2]
+    assert {b for b, line in before_upgrade[1].items() if line["state"] == "MISSING"} == set(batches[:4])
+    assert after_upgrade[0] == 0
+    assert {line["state"] for line in after_upgrade[1].values()} == {"SUCCEEDED"}
+    assert (again.output["started"], again.output["suppressed"]) == (0, 5)
+    assert sb.runs.per_folder() == {folder(b, day): 1 for b in batches}
