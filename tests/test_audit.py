@@ -219,7 +219,8 @@ def test_audit_a_lost_release_race_is_reported_not_healed(ledger):
 
 
 def test_audit_reads_the_ledger_in_batches_of_100_consistent_keys(ingest):
-    """250 folders: ceil(250/100) = 3 BatchGetItem calls, consistent reads, no GetItem."""
+    """250 folders: 2 x ceil(250/100) = 6 BatchGetItem calls (the bindings, then the window locks),
+    consistent reads, no GetItem."""
     from moto.s3.models import s3_backends
     sb = ingest["sb"]
     s3 = boto3.client("s3", region_name="us-east-1")
@@ -237,9 +238,11 @@ def test_audit_reads_the_ledger_in_batches_of_100_consistent_keys(ingest):
 
     assert result.summary["states"] == {"MISSING": 250}
     ledger_calls = [p for name, p in calls if name == "BatchGetItem" and sb.table("LockTable") in p["RequestItems"]]
-    assert len(ledger_calls) == 3
+    assert len(ledger_calls) == 6
     assert all(p["RequestItems"][sb.table("LockTable")]["ConsistentRead"] for p in ledger_calls)
-    assert sorted(len(p["RequestItems"][sb.table("LockTable")]["Keys"]) for p in ledger_calls) == [50, 100, 100]
+    assert sorted(len(p["RequestItems"][sb.table("LockTable")]["Keys"]) for p in ledger_calls) == [50, 50, 100, 100,
+                                                                                                   100, 100]
+    assert result.summary["extract"]["api_calls"]["BatchGetItem (ledger)"] == 6
     assert not [name for name, _ in calls if name == "GetItem"]
 
 
@@ -424,3 +427,119 @@ def test_a_heal_through_the_backfill_leaves_no_gap(live):
     again = run_audit(**audit)
     assert again.exit_code == 0
     assert {line["state"] for line in again.lines} == {"SUCCEEDED"}
+
+
+# --- failure paths: a running pipeline, throttling, a heal that stops -----------------------------
+
+def test_audit_never_releases_a_stuck_lock_whose_pipeline_is_pending_redrive(ledger):
+    # GIVEN a stuck lock whose pipeline execution failed and awaits a redrive (it will finalize the lock)
+    sb = ledger["sb"]
+    real = sb.engine.sfn
+
+    class Redriving:
+        def describe_execution(self, executionArn):
+            if executionArn == ledger["ended"]:
+                return {**real.describe_execution(executionArn=executionArn), "status": "PENDING_REDRIVE"}
+            return real.describe_execution(executionArn=executionArn)
+
+    before = sb.lock(key("mb-stuck-dead"))
+    manifest = io.StringIO()
+
+    # WHEN the audit heals
+    result = audit(ledger, manifest=manifest, sfn=Redriving())
+
+    # THEN that lock is reported, left alone and kept out of the manifest
+    line = by_batch(result.lines)["mb-stuck-dead"]
+    assert (line["state"], line["pipeline_status"], line["healable"]) == ("STUCK", "PENDING_REDRIVE", False)
+    assert "lock_released" not in line and sb.lock(key("mb-stuck-dead")) == before
+    assert "mb-stuck-dead" not in manifest.getvalue() and "mb-stuck-gone" in manifest.getvalue()
+
+
+def test_audit_heal_outlasts_throttling_with_the_default_retry_budget(ledger, throttle):
+    # GIVEN DynamoDB throttling the audit's calls: the first 7 reads in a row (botocore's own budget is
+    # 4 attempts for DynamoDB), then every other read, and 2 of every 3 writes
+    throttle.on("BatchGetItem", lambda n: n < 6 or n % 2 == 0)
+    throttle.on("UpdateItem", lambda n: n % 3 != 2)
+    manifest = io.StringIO()
+
+    # WHEN the audit heals, with its clients as every command makes them
+    result = audit(ledger, manifest=manifest)
+
+    # THEN it heals exactly as without throttling, after waiting with growing backoff
+    assert {b: line["state"] for b, line in by_batch(result.lines).items()} == EXPECTED
+    assert sorted(json.loads(u)["mini_batch_id"] for u in manifest.getvalue().splitlines()) == sorted(HEALABLE)
+    assert result.summary["stuck_locks_released"] == 2
+    # (two reads per 100 units: the bindings, then the window locks)
+    assert throttle.throttled == {"BatchGetItem": 9, "UpdateItem": 4}
+    assert len(throttle.waits) == 13 and max(throttle.waits[:7]) > 1  # 7 throttles in a row: waits grow towards 20 s
+
+
+def test_audit_throttled_past_its_budget_fails_in_one_line_after_15_attempts(ledger, throttle, capsys):
+    # GIVEN DynamoDB throttling every read
+    throttle.on("BatchGetItem", lambda n: True)
+
+    # WHEN the audit runs
+    code = cli(ledger)
+
+    # THEN it made the default 15 attempts and says what failed and how to raise the budget
+    err = capsys.readouterr().err
+    assert code == 1 and throttle.calls["BatchGetItem"] == 15
+    assert err.count("\n") == 1 and "Traceback" not in err
+    assert "BatchGetItem on table" in err and "ProvisionedThroughputExceededException" in err
+    assert "(reached max retries: 14)" in err and "--aws-max-attempts N (or AWS_MAX_ATTEMPTS)" in err
+
+
+def test_audit_budget_is_set_with_aws_max_attempts_not_the_poison_limit(ledger, throttle, capsys):
+    throttle.on("BatchGetItem", lambda n: True)
+
+    code = cli(ledger, "--aws-max-attempts", "3", "--max-attempts", "5")
+
+    assert code == 1 and throttle.calls["BatchGetItem"] == 3
+    assert "(reached max retries: 2)" in capsys.readouterr().err
+
+
+def test_audit_reads_unprocessed_keys_again_with_its_own_backoff(ledger, throttle):
+    # GIVEN DynamoDB serving one key per BatchGetItem, returning the rest as UnprocessedKeys, 4 times
+    throttle.unprocessed("BatchGetItem", lambda n: n < 4)
+
+    # WHEN the audit reads the ledger
+    result = audit(ledger)
+
+    # THEN every lock is read, after three growing waits of batch_get's own (no SDK error, no SDK retry)
+    assert {b: line["state"] for b, line in by_batch(result.lines).items()} == EXPECTED
+    # the defaults read (one key); the bindings in 3 partial rounds and the rest; then the window locks
+    assert throttle.calls["BatchGetItem"] == 6
+    assert len(throttle.waits) == 3 and all(w <= 0.05 * 2 ** i for i, w in enumerate(throttle.waits))
+
+
+def test_a_heal_stopped_by_a_failed_release_reports_it_and_the_next_heal_completes(ledger, throttle, capsys, tmp_path):
+    # GIVEN DynamoDB serving the first release, then throttling every write
+    sb = ledger["sb"]
+    throttle.on("UpdateItem", lambda n: n >= 1)
+    heal = tmp_path / "heal.jsonl"
+
+    # WHEN the audit heals
+    code = cli(ledger, "--manifest", str(heal))
+
+    # THEN it fails, says on stderr which write failed and what it had done, lists on stdout the lock it
+    # released, and publishes no manifest
+    out, err = capsys.readouterr()
+    assert code == 1 and "Traceback" not in err and err.count("\n") == 1
+    assert f"the heal stopped: UpdateItem of lock '{key('mb-stuck-gone')}'" in err
+    assert "ProvisionedThroughputExceededException" in err and "released 1 stuck lock " in err
+    (line,) = [json.loads(x) for x in out.splitlines()]
+    assert (line["mini_batch_id"], line["lock_released"], line["state"]) == ("mb-stuck-dead", True, "STUCK")
+    assert not heal.exists()
+    assert (sb.lock(key("mb-stuck-dead"))["status"], sb.lock(key("mb-stuck-gone"))["status"]) == ("FAILED", "IN_PROGRESS")
+    assert throttle.calls["UpdateItem"] == 1 + 15
+
+    # WHEN DynamoDB recovers and the audit heals again
+    throttle.on("UpdateItem", lambda n: False)
+    code = cli(ledger, "--manifest", str(heal))
+
+    # THEN both windows are in the manifest: the one released before (now FAILED) and the other
+    out = {json.loads(x)["mini_batch_id"]: json.loads(x) for x in capsys.readouterr().out.splitlines()}
+    assert code == 3
+    assert (out["mb-stuck-dead"]["state"], out["mb-stuck-dead"]["error"]) == ("FAILED", "Audit.Stuck")
+    assert out["mb-stuck-gone"]["lock_released"] is True
+    assert sorted(json.loads(u)["mini_batch_id"] for u in heal.read_text().splitlines()) == sorted(HEALABLE)

@@ -10,7 +10,7 @@ from mlbatch.cli import main
 
 def test_bench_prints_a_markdown_table_per_part_and_json_lines_on_request(monkeypatch, capsys):
     rows = [{"path": "backfill: unit started", "transitions": 9}, {"path": "backfill: unit invalid", "service_calls": 1}]
-    monkeypatch.setattr(bench, "bench_backfill_unit", lambda progress: rows)
+    monkeypatch.setattr(bench, "bench_backfill_unit", lambda progress, runs, baseline: rows)
 
     assert main(["bench", "--only", "backfill"]) == 0
     out = capsys.readouterr().out

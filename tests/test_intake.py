@@ -38,7 +38,7 @@ def test_intake_live_event_starts_one_pipeline_with_the_resolved_batch(stack, ev
     assert result.status == "SUCCEEDED", result.cause
     assert result.output == {
         "status": "STARTED", "batch": BATCH, "lock_key": LOCK_KEY,
-        "pipeline_execution_arn": result.output["pipeline_execution_arn"],
+        "pipeline_execution_arn": result.output["pipeline_execution_arn"], "window_adopted_from": None,
     }
     assert started(stack) == before + 1
     pipeline = stack.engine.sfn.describe_execution(executionArn=result.output["pipeline_execution_arn"])
@@ -86,12 +86,15 @@ def test_intake_happy_path_history_is_the_documented_sequence(stack, event):
         ("Are the project defaults valid?", "ChoiceStateExited"),
         ("Compute the window in February 29", "PassStateEntered"),
         ("Compute the window in February 29", "PassStateExited"),
+        ("Bind the batch to its window", "TaskStateEntered"),
+        ("Bind the batch to its window", "TaskStateExited"),
         ("Acquire the window lock", "TaskStateEntered"),
         ("Acquire the window lock", "TaskStateExited"),
         ("Start the pipeline", "TaskStateEntered"),
         ("Start the pipeline", "TaskStateExited"),
     ]
-    assert service_calls(events) == ["dynamodb:getItem", "dynamodb:updateItem", "states:startExecution"]
+    assert service_calls(events) == ["dynamodb:getItem", "dynamodb:updateItem", "dynamodb:updateItem",
+                                     "states:startExecution"]
 
 
 @pytest.mark.parametrize("shape", ["sqs_record", "sns_envelope", "pipes_batch", "pipes_batch_sns_envelope"])
@@ -133,7 +136,7 @@ def test_intake_redelivered_event_is_suppressed(stack, event):
 
     assert again.status == "SUCCEEDED"
     assert again.output == {
-        "status": "DUPLICATE_SUPPRESSED", "batch": BATCH, "lock_key": LOCK_KEY,
+        "status": "DUPLICATE_SUPPRESSED", "batch": BATCH, "lock_key": LOCK_KEY, "window_adopted_from": None,
         "suppressed_by": {"status": "IN_PROGRESS", "attempts": "1", "mini_batch_id": "mb-000123",
                           "pipeline_execution_arn": first.output["pipeline_execution_arn"],
                           "note": again.output["suppressed_by"]["note"]},
@@ -367,7 +370,7 @@ def test_intake_failed_start_whose_release_is_throttled_says_the_lock_is_held(st
 
 def test_intake_malformed_json_body_fails_without_a_lock(stack):
     # Braced but malformed JSON passes the cheap shape check and fails in
-    # States.StringToJson, which nothing can catch (README: Errors). Nothing is locked.
+    # States.StringToJson, which nothing can catch (docs/errors.md). Nothing is locked.
     result = stack.intake({"body": "{not json}"})
     assert result.status == "FAILED"
     assert stack.locks() == []

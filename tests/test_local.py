@@ -68,7 +68,7 @@ def test_run_pushes_an_event_through_the_local_intake_and_its_pipeline_and_locks
     assert "engine: the engine at " + in_stack["AWS_ENDPOINT_URL"] in err
     assert out.count("status: SUCCEEDED") == 2  # the intake, then its pipeline (builders: HappyPath)
     assert '"status": "STARTED"' in out and "Mark the lock succeeded" in out
-    code, out, _ = cli("locks", "list", "--mini-batch", "mb-000123", "--json")
+    code, out, _ = cli("locks", "list", "--mini-batch", "mb-000123", "--kind", "window", "--json")
     (lock,) = [json.loads(line) for line in out.splitlines()]
     assert code == 0
     assert (lock["lock_key"], lock["status"], lock["source"]) == (LOCK_KEY, "SUCCEEDED", "inference")

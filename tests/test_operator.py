@@ -98,7 +98,7 @@ def test_locks_list_show_and_reset_rules(ops, cli):
     ops.set_lock({"lock_key": "other#v#2024-01-01T00:08:00Z#2024-01-01T00:09:00Z", "status": "FAILED",
                   "project_name": "other", "batch_start_ts_iso": "2024-01-01T00:08:00Z"})
 
-    code, out, _ = cli("locks", "list", "--project", "traffic-anomaly", "--json")
+    code, out, _ = cli("locks", "list", "--project", "traffic-anomaly", "--kind", "window", "--json")
     assert code == 0 and [json.loads(line)["lock_key"] for line in out.splitlines()] == [LOCK_KEY]
     code, out, _ = cli("locks", "list", "--status", "FAILED", "--to", "2024-02-01T00:00:00Z", "--json")
     assert [json.loads(line)["project_name"] for line in out.splitlines()] == ["other"]
@@ -150,7 +150,7 @@ def test_defaults_schema_names_each_problem(item, complaint):
     assert any(complaint in p for p in problems(item))
 
 
-# what each console input does when started as documented in the README
+# what each console input does when started as documented in docs/operating.md (Console replay)
 CONSOLE = {
     "intake-replay-a-batch.json": ("IntakeStateMachine", "STARTED"),
     "intake-pipes-delivery.json": ("IntakeStateMachine", "STARTED"),
@@ -162,8 +162,8 @@ CONSOLE = {
 
 def test_every_console_input_is_documented_and_executes_as_documented(ops):
     files = sorted(p.name for p in (EVENTS / "console").glob("*.json"))
-    readme = (ROOT / "README.md").read_text()
-    assert all(f"tests/events/console/{name}" in readme for name in files)
+    operating = (ROOT / "docs" / "operating.md").read_text()
+    assert all(f"tests/events/console/{name}" in operating for name in files)
     backfill = ops.backfill_variant("HappyPath")
     for name, (machine, expect) in CONSOLE.items():
         if "force" in name:  # the window must have succeeded first
@@ -209,7 +209,7 @@ def test_locks_work_on_items_another_orchestrator_wrote(ops, cli):
     reset_done = cli("locks", "reset", "legacy#2", "--reason", "re-run under mlbatch")
 
     assert code == 0 and [json.loads(line)["lock_key"] for line in out.splitlines()] == ["legacy#1", "legacy#2"]
-    assert "legacy#1" in table and shown == {"lock_key": "legacy#1"}
+    assert "legacy#1" in table and shown == {"kind": "window", "lock_key": "legacy#1"}  # no batch to name
     assert (reset_bare[0], reset_done[0]) == (0, 0)
     assert ops.lock("legacy#1")["status"] == "FAILED" and "previous_error" not in ops.lock("legacy#1")
     assert "was SUCCEEDED" in reset_done[2]
@@ -298,3 +298,67 @@ def test_replay_of_a_pipeline_names_the_intake_execution_owning_its_window(ops, 
     assert f"The intake execution that owns the window: {intake.arn}" in err
     assert f"mlbatch replay {intake.arn}" in err
     assert "name the lock table with --table or MLBATCH_LOCK_TABLE" in err_without_table
+
+
+# --- refusals and throttling ------------------------------------------------------------------
+
+def test_locks_reset_refuses_an_in_progress_lock_whose_pipeline_is_still_running(ops, cli):
+    # GIVEN an IN_PROGRESS lock whose pipeline execution is still running
+    machine = ops.engine.create_machine("reset-running-pipeline", {
+        "StartAt": "Wait", "States": {"Wait": {"Type": "Wait", "Seconds": 3600, "End": True}}})
+    running = ops.engine.start(machine, {})
+    ops.set_lock({"lock_key": "running#1", "status": "IN_PROGRESS", "pipeline_execution_arn": running, "attempts": 1})
+    before = ops.lock("running#1")
+
+    # WHEN the operator resets it, for real and as a dry run
+    code, out, err = cli("locks", "reset", "running#1", "--reason", "looks stuck")
+    dry = cli("locks", "reset", "running#1", "--reason", "looks stuck", "--dry-run")
+    ops.engine.sfn.stop_execution(executionArn=running)
+
+    # THEN both are refused, naming the running execution and what to do; nothing is written
+    assert (code, out) == (1, "") and f"{running} is RUNNING" in err and "stop that execution first" in err
+    assert "Traceback" not in err and dry[:2] == (1, "")
+    assert ops.lock("running#1") == before
+
+
+def test_locks_reset_outlasts_throttling_and_fails_in_one_line_past_its_budget(ops, cli, throttle):
+    # GIVEN a FAILED lock, and DynamoDB throttling its first 5 reads and writes (botocore's own budget is 4)
+    ops.set_lock({"lock_key": "throttled#1", "status": "FAILED", "error": "Pipeline.BuildFailed"})
+    throttle.on("GetItem", lambda n: n < 5)
+    throttle.on("UpdateItem", lambda n: n < 5)
+
+    # WHEN the operator resets it
+    code, _, err = cli("locks", "reset", "throttled#1", "--reason", "builder fixed")
+
+    # THEN the reset is written after the throttles
+    assert code == 0, err
+    assert throttle.throttled == {"GetItem": 5, "UpdateItem": 5}
+    throttle.on("GetItem", lambda n: False)
+    assert ops.lock("throttled#1")["error"] == "Operator.Reset"
+
+    # WHEN every write is throttled and the budget is 3 attempts
+    throttle.on("UpdateItem", lambda n: True)
+    code, out, err = cli("--aws-max-attempts", "3", "locks", "reset", "throttled#1", "--reason", "again")
+
+    # THEN one line names the throttled write, the budget and how to raise it
+    assert (code, out) == (1, "") and err.count("\n") == 1 and "Traceback" not in err
+    assert "UpdateItem failed: ProvisionedThroughputExceededException" in err
+    assert "(3 attempts, standard mode): raise it with --aws-max-attempts N" in err
+    assert ops.lock("throttled#1")["reason"] == "builder fixed"
+
+
+def test_defaults_put_throttled_past_its_budget_names_what_it_wrote(ops, cli, throttle, tmp_path):
+    # GIVEN two valid items, and DynamoDB serving the first write, then throttling every one
+    items = tmp_path / "two.json"
+    items.write_text(json.dumps([{**load_event("project_defaults"), "project_name": name}
+                                 for name in ("put-first", "put-second")]))
+    throttle.on("PutItem", lambda n: n >= 1)
+
+    # WHEN they are put with a budget of 2 attempts
+    code, out, err = cli("defaults", "put", str(items), "--aws-max-attempts", "2")
+
+    # THEN one line names the throttled write, what was written before it, and that a rerun is safe
+    assert (code, out) == (1, "") and err.count("\n") == 1 and "Traceback" not in err
+    assert "PutItem failed: ProvisionedThroughputExceededException" in err and "(2 attempts, standard mode)" in err
+    assert "written before it: put-first (1 of 2); putting the same files again is safe" in err
+    assert throttle.calls["PutItem"] == 1 + 2

@@ -55,7 +55,7 @@ def test_every_template_has_its_rendered_file():
 # AWS's own language service know both. Only those messages are forgiven, and a "not a JSONPath"
 # message only for a field that does hold a variable reference.
 STATELINT_GAPS = re.compile(r'Field "InputType" not allowed in .*\.ItemReader\.ReaderConfig|Field "Assign" not allowed in ')
-NOT_A_PATH = re.compile(r'Field "(?P<field>[^"]+)" of Parameters at "[^"]*" is not a JSONPath or intrinsic function expression')
+NOT_A_PATH = re.compile(r'Field "(?P<field>[^"]+)" of (?:Parameters|ResultSelector) at "[^"]*" is not a JSONPath or intrinsic function expression')
 VARIABLE = re.compile(r"\$[A-Za-z_][A-Za-z0-9_]*")
 
 
@@ -145,10 +145,10 @@ def test_asl_is_portable(asl):
     assert not re.search(r"arn:aws[a-z-]*:(?!states:::)", text), "no ARNs but integration ARNs in ASL"
 
 
-def test_error_table_is_in_the_readme():
-    readme = (ROOT / "README.md").read_text()
+def test_error_table_is_in_the_docs():
+    errors_page = (ROOT / "docs" / "errors.md").read_text()
     for name in ERRORS:
-        assert f"`{name}`" in readme, f"README lacks {name}"
+        assert f"`{name}`" in errors_page, f"docs/errors.md lacks {name}"
 
 
 def test_every_path_the_intake_reads_resolves_against_the_examples():

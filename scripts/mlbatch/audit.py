@@ -19,13 +19,15 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, TextIO
 
+from .binding import bound_window, read_bindings
+from .clients import throttle_hint
 from .extract import (_ENCODE, SUSPECT_AFTER_DAYS, UNIT_FIELDS, ExtractError, Extractor, _client, _ordered_map,
-                      batch_get, lock_key, unit_dict)
+                      batch_get, binding_key, lock_key, unit_dict)
 from .items import from_item
 from .settings import MAX_ATTEMPTS, STUCK_AFTER_MINUTES
 
 __all__ = ["STATES", "GAPS", "DEFAULT_STUCK_AFTER_MINUTES", "DEFAULT_MAX_ATTEMPTS", "AuditResult", "Auditor",
-           "classify", "lock_key", "run_audit", "summary_table"]
+           "HealStopped", "classify", "lock_key", "manifest_unit", "run_audit", "summary_table"]
 
 #: --stuck-after's default (90 min: the pipeline's timeout, ProcessingMaxRuntimeSeconds 3600 s + a
 #: 900 s provisioning margin, plus 15 min) and --max-attempts' (3); see settings.py.
@@ -43,7 +45,8 @@ _LIVE = {"RUNNING", "PENDING_REDRIVE"}
 _BATCH = 100  # BatchGetItem's limit
 #: What the audit reads of a lock (BatchGetItem's ProjectionExpression): what it classifies by and
 #: reports, no more -- a read's cost grows with the attributes returned.
-_LEDGER_FIELDS = ("lock_key", "status", "mini_batch_id", "attempts", "updated_at", "pipeline_execution_arn", "error")
+_LEDGER_FIELDS = ("lock_key", "status", "mini_batch_id", "attempts", "updated_at", "pipeline_execution_arn", "error",
+                  "source", "cause")
 
 
 def _now() -> dt.datetime:
@@ -117,6 +120,17 @@ def classify(unit: dict, lock: dict | None, now: dt.datetime, stuck_after: dt.ti
     return "UNKNOWN_STATUS"
 
 
+class HealStopped(ExtractError):
+    """The heal stopped on an error (a write, or a read after some writes): `released` holds the line of
+    every lock this run released (FAILED, Audit.Stuck) before it stopped, `written` the lock keys whose
+    line went to the output. No manifest was published; the next heal finds those windows FAILED."""
+
+    def __init__(self, message: str, released: list[dict], written: set[str]):
+        super().__init__(message)
+        self.released = released
+        self.written = written
+
+
 @dataclass
 class AuditResult:
     """What `run_audit` returns: the unit lines (when no output stream was given), the summary
@@ -135,6 +149,8 @@ class _Tally:
     released: int = 0
     races: int = 0
     pipeline_checks: int = 0
+    bound: int = 0                                          # units audited through a binding
+    unbound: Counter = field(default_factory=Counter)       # source -> window locks read without a binding
 
     def add(self, line: dict) -> None:
         state = line["state"]
@@ -170,6 +186,9 @@ class Auditor:
         self.tally = _Tally()
         self._lock = threading.Lock()
         self._warned_describe = False
+        #: lines of the locks this run released, in the order written; the first error that stops the heal
+        self.released: list[dict] = []
+        self.stopped: str | None = None
 
     @property
     def sfn(self):
@@ -210,9 +229,12 @@ class Auditor:
                 self.warn(f"{problem} (stuck locks whose pipeline cannot be checked are not healed)")
             return "UNKNOWN", problem
 
-    def _release(self, key: str, arn: str, status: str, since: Any) -> bool:
+    def _release(self, key: str, arn: str, status: str, since: Any) -> bool | None:
         """Mark a stuck lock FAILED (Audit.Stuck) if it is still IN_PROGRESS and owned by `arn` -- the
-        condition lock_release writes with. False when the lock changed since it was read."""
+        condition lock_release writes with. False when the lock changed since it was read; None when
+        the heal has stopped (an earlier call failed): not attempted."""
+        if self.stopped:
+            return None
         ended = "does not exist" if status == "NOT_FOUND" else f"ended {status}"
         cause = (f"Lock IN_PROGRESS since {since or 'an unknown time'} (more than "
                  f"{int(self.stuck_after.total_seconds() // 60)} minutes) and its pipeline execution {arn} {ended}; "
@@ -230,19 +252,59 @@ class Auditor:
         except Exception as exc:
             if getattr(exc, "response", {}).get("Error", {}).get("Code", "") == "ConditionalCheckFailedException":
                 return False
-            raise ExtractError(f"UpdateItem of lock {key!r} in table {self.lock_table!r} failed: {exc}") from None
+            problem = (f"UpdateItem of lock {key!r} in table {self.lock_table!r} failed: {exc}{throttle_hint(exc)} "
+                       "(that lock is still STUCK, or FAILED if the write went through)")
+            with self._lock:
+                self.stopped = self.stopped or problem
+            raise ExtractError(problem) from None
         self.extractor.report.count_call("UpdateItem (release)")
         return True
+
+    # --- the binding: which window a batch is bound to ---------------------------------------------
+
+    def _windows(self, units: list[dict]) -> list[tuple | None]:
+        """(lock key, start, end, window_adopted_from, binding) per unit, None for an unknown project:
+        the bound window when the batch has a binding (one BatchGetItem for the whole batch of units),
+        else the window its LastModified gives (ledgers from before bindings, other orchestrators)."""
+        bkeys = [binding_key(u["feature_spec_version"], u["mini_batch_s3_prefix"])
+                 if u["feature_spec_version"] is not None else None for u in units]
+        bindings = read_bindings(self.dynamodb, self.lock_table, list(dict.fromkeys(k for k in bkeys if k)),
+                                 on_call=lambda: self.extractor.report.count_call("BatchGetItem (ledger)"))
+        out = []
+        for unit, bkey in zip(units, bkeys):
+            binding = bindings.get(bkey) if bkey else None
+            out.append((*bound_window(unit, binding), binding) if bkey else None)
+        return out
+
+    def _bound_line(self, line: dict, window: tuple, lock: dict | None) -> None:
+        """The line shows the bound window (and the LastModified one as window_adopted_from when they
+        differ); a window lock mlbatch wrote whose batch has no binding is counted (the audit warns)."""
+        key, start, end, adopted_from, binding = window
+        if adopted_from is not None:
+            line["batch_start_ts_iso"], line["batch_end_ts_iso"] = start, end
+            line["window_adopted_from"] = adopted_from
+        if binding is not None:
+            line["bound_source"] = binding.get("bound_source")
+        with self._lock:
+            self.tally.bound += binding is not None
+            if binding is None and lock is not None and isinstance(lock.get("source"), str):
+                self.tally.unbound[lock["source"]] += 1
 
     # --- one batch of units ---------------------------------------------------------------------
 
     def _audit_batch(self, records: list[tuple]) -> list[tuple[dict, bool]]:
         """(line, goes in the manifest) for each record, in order."""
         units = [unit_dict(r) for r in records]
-        keys = [lock_key(u) if u["feature_spec_version"] is not None else None for u in units]
-        locks = self._locks(list(dict.fromkeys(k for k in keys if k)))
+        try:
+            windows = self._windows(units)  # each unit's window: its binding's, else its LastModified's
+            keys = [w[0] if w else None for w in windows]
+            locks = self._locks(list(dict.fromkeys(k for k in keys if k)))
+        except ExtractError as exc:  # no release after this: the run fails
+            with self._lock:
+                self.stopped = self.stopped or str(exc)
+            raise
         out = []
-        for unit, key in zip(units, keys):
+        for unit, key, window in zip(units, keys, windows):
             lock = locks.get(key) if key else None
             state = classify(unit, lock, self.now, self.stuck_after, self.max_attempts)
             line = unit
@@ -251,6 +313,7 @@ class Auditor:
             line["state"] = state
             if key:
                 line["lock_key"] = key
+                self._bound_line(line, window, lock)
             if lock is not None:
                 for name in ("status", "attempts", "updated_at", "pipeline_execution_arn"):
                     if name in lock:
@@ -258,6 +321,8 @@ class Auditor:
                 if state in ("FAILED", "POISONED"):
                     line["attempts"] = _attempts(lock)
                     line["error"] = lock.get("error")
+                    if "cause" in lock:
+                        line["cause"] = lock["cause"]
                 if state == "COLLISION":
                     line["held_by_mini_batch_id"] = lock["mini_batch_id"]
             healable = state in ("MISSING", "FAILED")
@@ -271,9 +336,14 @@ class Auditor:
                 in_manifest = healable
                 if healable and self.heal:
                     released = self._release(key, lock["pipeline_execution_arn"], status, lock.get("updated_at"))
-                    line["lock_released"] = released
-                    in_manifest = released
-                    if not released:
+                    line["lock_released"] = bool(released)
+                    in_manifest = bool(released)
+                    if released:
+                        with self._lock:
+                            self.released.append(line)
+                    elif released is None:
+                        line["heal_note"] = "the heal stopped on an earlier error before releasing it: audit again"
+                    else:
                         line["heal_note"] = "the lock changed since it was read (another writer won): left alone"
             line["healable"] = healable
             out.append((line, in_manifest))
@@ -316,9 +386,29 @@ class Auditor:
                 "stuck_locks_released": t.released, "stuck_release_races": t.races,
                 "pipeline_checks": t.pipeline_checks,
                 "timestamp_suspect": self.extractor.report.timestamp_suspect,
+                **self._binding_summary(),
                 "by_project_day": [{"project_name": p, "day": d, **{s: c[s] for s in STATES if c[s]}}
                                    for (p, d), c in sorted(t.by_project_day.items())],
                 "extract": self.extractor.report.as_dict()}
+
+    def _binding_summary(self) -> dict[str, Any]:
+        """How many units were audited through a binding, the unbound window locks the audit read (per
+        source), and the warning that names the migration while any exist (see docs/audit.md)."""
+        t = self.tally
+        out: dict[str, Any] = {"bound_units": t.bound, "unbound_window_locks": dict(t.unbound)}
+        unbound = sum(t.unbound.values())
+        if unbound:
+            out["binding_warning"] = (
+                f"{unbound} window locks in this range were written before batch bindings (no binding: "
+                + ", ".join(f"{n} {s}" for s, n in sorted(t.unbound.items())) + "); a live-processed batch whose "
+                "event timestamp differs from its LastModified audits MISSING and a heal or sweep would run it "
+                "again: bind them first with `mlbatch locks bind` (see docs/upgrading.md)")
+        elif not t.bound and t.states["MISSING"]:
+            out["binding_warning"] = (
+                "no unit in this range has a batch binding: if this ledger was written before bindings, MISSING "
+                "units may be batches processed live in another window; run `mlbatch locks bind --dry-run` to "
+                "see (docs/upgrading.md)")
+        return out
 
     def exit_code(self) -> int:
         return 3 if any(self.tally.states[s] for s in GAPS) else 0
@@ -335,20 +425,31 @@ def summary_table(summary: dict[str, Any]) -> str:
     return "\n".join([fmt(header), *map(fmt, rows)])
 
 
+def manifest_unit(line: dict) -> dict:
+    """An audited line -> the execution unit a heal manifest holds: exactly what `mlbatch extract` writes,
+    with the folder's own (LastModified) window, so the backfill binds or adopts it by itself."""
+    unit = {k: line[k] for k in (*UNIT_FIELDS, "timestamp_suspect") if k in line}
+    own = line.get("window_adopted_from")
+    if own:
+        unit["batch_start_ts_iso"], unit["batch_end_ts_iso"] = own["batch_start_ts_iso"], own["batch_end_ts_iso"]
+    return unit
+
+
 def run_audit(bucket: str, first: dt.date, last: dt.date, *, lock_table: str, defaults_table: str,
               prefix: str | None = None, projects: list[str] | None = None, output: TextIO | None = None,
               manifest: TextIO | None = None, dry_run: bool = False,
               stuck_after_minutes: int = DEFAULT_STUCK_AFTER_MINUTES, max_attempts: int = DEFAULT_MAX_ATTEMPTS,
               suspect_after_days: int = SUSPECT_AFTER_DAYS, strict: bool = False, representative: str = "earliest",
               workers: int = 8, s3=None, dynamodb=None, sfn=None, now: dt.datetime | None = None,
-              progress: Callable[[str], None] | None = None, warn: Callable[[str], None] | None = None) -> AuditResult:
+              progress: Callable[[str], None] | None = None, warn: Callable[[str], None] | None = None,
+              on_line: Callable[[dict], None] | None = None) -> AuditResult:
     """Audit the batch folders of first..last against the lock ledger.
 
     Lines go to `output` (JSON Lines) or, when it is None, into the result. With `manifest` (an
     open text stream) and not `dry_run`, this is the heal: stuck locks whose pipeline has ended
     are released (FAILED, Audit.Stuck) and every unit to heal is written to `manifest` as an
     execution unit. Raises :class:`ExtractError` when the run cannot be completed (with `strict`,
-    also when a unit's LastModified is suspect)."""
+    also when a unit's LastModified is suspect). `on_line` sees every line too (the --html report)."""
     extractor = Extractor(bucket, defaults_table, s3=s3, dynamodb=dynamodb, representative=representative,
                           strict=strict, workers=workers, progress=progress, suspect_after_days=suspect_after_days,
                           warn=warn, keep_unknown=True)
@@ -356,14 +457,24 @@ def run_audit(bucket: str, first: dt.date, last: dt.date, *, lock_table: str, de
                       max_attempts=max_attempts, heal=manifest is not None and not dry_run, now=now, warn=warn)
     kept: list[dict] = []
     written = 0
-    for line, in_manifest in auditor.lines(first, last, prefix, projects):
-        if output is None:
-            kept.append(line)
-        else:
-            output.write(_ENCODE(line) + "\n")
-        if in_manifest and auditor.heal:
-            manifest.write(_ENCODE({k: line[k] for k in (*UNIT_FIELDS, "timestamp_suspect") if k in line}) + "\n")
-            written += 1
+    reported: set[str] = set()  # released locks whose line went to the output
+    try:
+        for line, in_manifest in auditor.lines(first, last, prefix, projects):
+            if on_line is not None:
+                on_line(line)
+            if output is None:
+                kept.append(line)
+            else:
+                output.write(_ENCODE(line) + "\n")
+            if line.get("lock_released"):
+                reported.add(line["lock_key"])
+            if in_manifest and auditor.heal:
+                manifest.write(_ENCODE(manifest_unit(line)) + "\n")
+                written += 1
+    except ExtractError as exc:
+        if auditor.heal:  # every batch in flight has finished: `released` is complete
+            raise HealStopped(str(exc), list(auditor.released), reported) from None
+        raise
     summary = auditor.summary()
     summary.update(manifest_units=written, dry_run=dry_run)
     return AuditResult(kept, summary, auditor.exit_code())

@@ -126,6 +126,9 @@ def bench_intake(runs: int = 20, progress: Callable[[str], None] | None = None,
             sb.set_lock({**sb.lock(key), "status": "SUCCEEDED"})
             return {**event, "force": True, "reason": "bench"}
 
+        def retried(i: int):  # the producer sends the running batch again, stamped in another window
+            return {**live, "timestamp": f"2024-03-01T00:09:{i % 60:02d}.5Z"}
+
         scenarios = [
             ("happy path (normalized event)", intake, fresh, "STARTED"),
             ("happy path (Pipes batch, raw SQS body)", intake, lambda i: pipes(fresh(1000 + i)), "STARTED"),
@@ -134,6 +137,8 @@ def bench_intake(runs: int = 20, progress: Callable[[str], None] | None = None,
                     **load_event("sns_envelope"), "Message": json.dumps(fresh(2000 + i))})}],
              "STARTED"),
             ("duplicate (redelivery)", intake, lambda i: live, "DUPLICATE_SUPPRESSED"),
+            ("duplicate (producer retry, new timestamp: adopts the bound window)", intake, retried,
+             "DUPLICATE_SUPPRESSED"),
             ("Intake.InvalidInput", intake, lambda i: {"hello": i}, "Intake.InvalidInput"),
             ("Intake.InvalidS3Key", intake, lambda i: {**live, "s3_key": live["s3_key"].replace("/03/01/", "/02/30/")},
              "Intake.InvalidS3Key"),
@@ -397,7 +402,7 @@ def bench_extractor(sizes: tuple[int, ...] = (3_500, 20_000, 35_040), repeats: i
     ledger in another, over HTTP on 127.0.0.1), next to a plain ListObjectsV2 walk of the same keys.
 
     Per size and command: API calls against their floors (ListObjectsV2 ceil(objects/1000), the
-    ledger's BatchGetItem ceil(units/100)) and HeadObject calls, counted in-process, with the
+    ledger's BatchGetItem 2 x ceil(units/100): bindings, then window locks) and HeadObject calls, counted in-process, with the
     peak Python memory (tracemalloc); wall time, folders per minute, peak RSS and CPU time from each
     command run as a process of its own, start-up included, the three run side by side `repeats`
     times (the best run counts), with the CPU each server spent on that run. `ratio`: extract
@@ -471,7 +476,8 @@ def bench_extractor(sizes: tuple[int, ...] = (3_500, 20_000, 35_040), repeats: i
                 measured[command] = {"folders": folders, "objects": objects, "list_calls": calls["ListObjectsV2"],
                                      "list_floor": math.ceil(objects / 1000),
                                      "ledger_calls": ledger_calls if command == "audit" else 0,
-                                     "ledger_floor": math.ceil(units / 100) if command == "audit" else 0,
+                                     # the bindings, then the window locks: 2 reads per 100 units
+                                     "ledger_floor": 2 * math.ceil(units / 100) if command == "audit" else 0,
                                      "head_calls": calls["HeadObject"], "peak_py_mib": round(peak / 2**20, 1)}
 
             # side by side, each a process of its own: wall time and peak RSS, start-up included
@@ -518,8 +524,19 @@ def bench_extractor(sizes: tuple[int, ...] = (3_500, 20_000, 35_040), repeats: i
     return rows
 
 
-def bench_backfill_unit(progress: Callable[[str], None] | None = None, runs: int = 5) -> list[dict]:
-    """State transitions and service calls per backfill unit, by outcome (`runs` each).
+def _unit_outcome(sb: Sandbox, execution_arn: str) -> str:
+    """started | suppressed | collided | ...: the outcome a backfill unit was counted under."""
+    from .engine.harness import path
+    counted = [name for name, kind in path(sb.engine.history(execution_arn))
+               if kind == "TaskStateEntered" and name.startswith("Count the ")]
+    return counted[-1].removeprefix("Count the ").split(" ")[0] if counted else "uncounted"
+
+
+def bench_backfill_unit(progress: Callable[[str], None] | None = None, runs: int = 5,
+                        baseline: str | None = None) -> list[dict]:
+    """State transitions and service calls per backfill unit, by outcome (`runs` each). With `baseline`
+    (a git ref) each outcome also runs once on the unit processor committed there ("-" where that
+    processor reaches another outcome: a path it did not have).
 
     The engine keeps a Distributed Map's child executions out of the parent's history, so
     the backfill's item processor runs here as a machine of its own, per outcome."""
@@ -527,11 +544,16 @@ def bench_backfill_unit(progress: Callable[[str], None] | None = None, runs: int
     rows = []
     with Sandbox() as sb:
         sb.put_defaults(load_event("project_defaults"))
-        definition = json.loads(sb.template.definition(
-            "BackfillStateMachine", {"PipelineStateMachineArn": sb.pipeline_arn + "#HappyPath"}))
-        processor = definition["States"]["Process the manifest"]["ItemProcessor"]
-        processor.pop("ProcessorConfig")
-        machine = sb.engine.create_machine("bench-backfill-unit", processor)
+        happy = {"PipelineStateMachineArn": sb.pipeline_arn + "#HappyPath"}
+
+        def processor_of(definition: str, name: str) -> str:
+            processor = json.loads(definition)["States"]["Process the manifest"]["ItemProcessor"]
+            processor.pop("ProcessorConfig")
+            return sb.engine.create_machine(name, processor)
+
+        machine = processor_of(sb.template.definition("BackfillStateMachine", happy), "bench-backfill-unit")
+        old = processor_of(baseline_definition(sb, baseline, "BackfillStateMachine", happy),
+                           "bench-backfill-unit-baseline") if baseline else None
         sb.engine.dynamodb.put_item(TableName=sb.table("BackfillRunsTable"),
                                     Item={"run_id": {"S": "bench"}, "entry": {"S": "run"}})
 
@@ -547,14 +569,49 @@ def bench_backfill_unit(progress: Callable[[str], None] | None = None, runs: int
                          "status": "FAILED", "attempts": 3, "mini_batch_id": u["mini_batch_id"]})
             return u
 
-        cases = [("unit started (pipeline waited for)", unit), ("unit suppressed (window done)", unit),
-                 ("unit poisoned (max_attempts 3)", poisoned), ("unit invalid (incomplete)", lambda i: {"project_name": "x"})]
-        for label, make in cases:
+        def adopted(i: int) -> dict:  # the live flow ran the batch in the window of its payload timestamp
+            u = unit(2000 + i)
+            live_end = f"2024-03-01T00:08:41.{i:06d}Z"
+            live_key = lock_key({**u, "batch_end_ts_iso": live_end})
+            sb.set_lock({"lock_key": live_key, "status": "SUCCEEDED", "attempts": 1, "mini_batch_id": u["mini_batch_id"],
+                         "pipeline_execution_arn": "arn:aws:states:us-east-1:123456789012:execution:live:x"})
+            sb.set_lock({"lock_key": f"batch#{u['feature_spec_version']}#{u['mini_batch_s3_prefix']}",
+                         "item_type": "batch_binding", "feature_spec_version": u["feature_spec_version"],
+                         "mini_batch_s3_prefix": u["mini_batch_s3_prefix"], "project_name": u["project_name"],
+                         "mini_batch_id": u["mini_batch_id"], "window_lock_key": live_key,
+                         "batch_start_ts_iso": u["batch_start_ts_iso"], "batch_end_ts_iso": live_end,
+                         "bound_at": "2024-03-01T00:08:42Z", "bound_by": "arn:live", "bound_source": "inference"})
+            return u
+
+        def collided(i: int) -> dict:  # another mini-batch holds the unit's window
+            u = unit(3000 + i)
+            sb.set_lock({"lock_key": lock_key(u), "status": "IN_PROGRESS", "attempts": 1, "mini_batch_id": "mb-other",
+                         "pipeline_execution_arn": "arn:aws:states:us-east-1:123456789012:execution:other:x"})
+            return u
+
+        # (label, unit maker, outcome, the unit the baseline processor gets: fresh, or one already done)
+        cases = [("unit started (pipeline waited for)", unit, "started", lambda: unit(500)),
+                 ("unit suppressed (window done)", unit, "suppressed", lambda: unit(0)),
+                 ("unit suppressed (adopts the live window it was bound to)", adopted, "suppressed",
+                  lambda: adopted(runs + 50)),
+                 ("unit collided (another batch's window)", collided, "collided", lambda: collided(runs + 50)),
+                 ("unit poisoned (max_attempts 3)", poisoned, "poisoned", lambda: poisoned(runs + 50)),
+                 ("unit invalid (incomplete)", lambda i: {"project_name": "x"}, "invalid", lambda: {"project_name": "x"})]
+        for label, make, expect, again in cases:
             samples = []
             for i in range(runs):
+                progress(f"bench: backfill {label} {i + 1}/{runs}")
                 payload = {"unit": make(i), "run_id": "bench", "index": i, "max_attempts": 3}
                 result = sb.engine.run(machine, payload, timeout=120)
+                got = _unit_outcome(sb, result.arn)
+                if got != expect:
+                    raise RuntimeError(f"backfill {label}: expected {expect}, got {got}")
                 samples.append(_measure(sb, result.arn))
-            rows.append(_row(f"backfill: {label}", samples))
+            before = None
+            if old:
+                result = sb.engine.run(old, {"unit": again(), "run_id": "bench", "index": runs, "max_attempts": 3},
+                                       timeout=120)
+                before = _measure(sb, result.arn)[:2] if _unit_outcome(sb, result.arn) == expect else None
+            rows.append(_row(f"backfill: {label}", samples, before, baseline))
         progress("bench: backfill units done")
     return rows

@@ -13,8 +13,8 @@ __all__ = ["main"]
 
 
 def cmd_render(args) -> int:
-    """Render templates/*.asl.json.j2 to asl/ and the README's generated sections (diagrams, error
-    table); with --check change nothing and name every stale file."""
+    """Render templates/*.asl.json.j2 to asl/ and the docs' generated sections (docs/diagrams.md,
+    the table in docs/errors.md); with --check change nothing and name every stale file."""
     import jinja2
 
     from . import render
@@ -26,7 +26,8 @@ def cmd_render(args) -> int:
                 print(f"stale: {path.relative_to(render.ASL.parent)} (run `mlbatch render` and review the diff)",
                       file=sys.stderr)
             if not stale:
-                print("ok: asl/ and the README's generated sections are up to date", file=sys.stderr)
+                print("ok: asl/ and the generated docs (docs/diagrams.md, docs/errors.md) are up to date",
+                      file=sys.stderr)
             return 1 if stale else 0
         for path in render.render_all():
             print(f"rendered {path.relative_to(render.ASL.parent)} - review the diff before committing",
@@ -36,9 +37,9 @@ def cmd_render(args) -> int:
                       "fix the template, then run `mlbatch render`") from None
     except jinja2.TemplateError as exc:  # e.g. an undefined name (StrictUndefined)
         raise Failure(f"a template fails to render: {exc}: fix it, then run `mlbatch render`") from None
-    except ValueError as exc:  # rendered text that is not JSON (with the lines around), or README markers
+    except ValueError as exc:  # rendered text that is not JSON (with the lines around), or missing docs markers
         first, _, context = str(exc).partition("\n")
-        fix = "" if "README" in first else ": fix the template, then run `mlbatch render`"
+        fix = "" if "lacks the markers" in first else ": fix the template, then run `mlbatch render`"
         raise Failure(first + fix + ("\n" + context if context else "")) from None
     return 0
 
@@ -194,7 +195,7 @@ def cmd_bench(args) -> int:
     with Progress() as progress:
         parts = {"intake": lambda: bench_intake(runs=args.runs, progress=progress, baseline=args.baseline),
                  "pipeline": lambda: bench_pipeline(runs=args.runs, progress=progress, baseline=args.baseline),
-                 "backfill": lambda: bench_backfill_unit(progress=progress),
+                 "backfill": lambda: bench_backfill_unit(progress=progress, runs=args.runs, baseline=args.baseline),
                  "extractor": lambda: bench_extractor(progress=progress)}
         for name in args.only or list(parts):
             rows = parts[name]()
@@ -280,8 +281,11 @@ def cmd_extract(args) -> int:
                 group = list(group)
                 row = {"project_name": project, "day": "-".join(day), "units": len(group)}
                 if args.lock_table:
-                    row["already_succeeded"] = ex.count_succeeded(args.lock_table, group)
+                    row["already_succeeded"], adopting = ex.ledger_plan(args.lock_table, group)
                     ex.report.already_succeeded += row["already_succeeded"]
+                    if adopting:  # their batches are bound to another window: the backfill adopts it
+                        row["will_adopt"] = adopting
+                        ex.report.will_adopt += len(adopting)
                 print(json.dumps(row))
         else:
             with open_output(args.output) as out:  # checked (writable path, existing bucket) before the listing
@@ -319,7 +323,8 @@ def _extract_parser(sub) -> None:
     p.add_argument("--strict", action="store_true",
                    help="fatal (exit 1, no output published): an unknown project, or any suspect LastModified")
     p.add_argument("--dry-run", action="store_true", help="print the plan per project and day; write nothing")
-    p.add_argument("--lock-table", help="with --dry-run: count windows already SUCCEEDED")
+    p.add_argument("--lock-table", help="with --dry-run: count windows already SUCCEEDED (through each batch's "
+                                        "binding) and name the units that will adopt a bound window")
     p.add_argument("--workers", type=_int_at_least(1), default=8, help="date spans listed in parallel (default 8)")
     p.add_argument("--quiet", action="store_true", help="no progress on stderr")
     p.set_defaults(func=cmd_extract)
@@ -330,7 +335,7 @@ def cmd_audit(args) -> int:
     one JSON line per unit with its state, a summary per project and day; with --manifest, the
     heal: stuck locks whose pipeline ended are released and the units to heal are written as a
     backfill manifest."""
-    from .audit import DEFAULT_MAX_ATTEMPTS, DEFAULT_STUCK_AFTER_MINUTES, run_audit, summary_table
+    from .audit import DEFAULT_MAX_ATTEMPTS, DEFAULT_STUCK_AFTER_MINUTES, HealStopped, run_audit, summary_table
     from .extract import ExtractError, check_output, open_output
     from .progress import Progress
 
@@ -345,12 +350,21 @@ def cmd_audit(args) -> int:
     if not lock_table:
         return _usage("audit", "name the lock table with --lock-table or MLBATCH_LOCK_TABLE "
                                "(the stack's LockTableName output)")
+    if args.html and args.html.startswith("s3://"):
+        return _usage("audit", "--html writes a local file: name a path (e.g. --html audit.html)")
     progress = Progress(enabled=not args.quiet)
+    report = None
+    if args.html:  # the picture of the same lines (docs/audit-report.md)
+        from .report import Report
+        report = Report(context={"bucket": args.bucket, "lock_table": args.lock_table,
+                                 "audited_at": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")})
 
     def warn(msg: str) -> None:
         print(f"mlbatch audit: warning: {msg}", file=sys.stderr)
     try:
         with contextlib.ExitStack() as stack:  # outputs are checked before any listing
+            if report is not None:
+                check_output(args.html, what="--html")
             out = stack.enter_context(open_output(args.output))
             manifest = None
             if args.manifest and args.dry_run:
@@ -362,17 +376,34 @@ def cmd_audit(args) -> int:
                 projects=args.project, output=out, manifest=manifest, dry_run=args.dry_run,
                 stuck_after_minutes=args.stuck_after or DEFAULT_STUCK_AFTER_MINUTES,
                 max_attempts=args.max_attempts or DEFAULT_MAX_ATTEMPTS, suspect_after_days=args.suspect_after_days,
-                strict=args.strict, workers=args.workers, progress=progress, warn=warn)
+                strict=args.strict, workers=args.workers, progress=progress, warn=warn,
+                on_line=report.add if report is not None else None)
+            if report is not None:
+                size = report.write(args.html, result.summary, *dates)
+    except HealStopped as exc:
+        progress.done()
+        return _heal_stopped(exc, args.output)
     except ExtractError as exc:
         progress.done()
         print(f"mlbatch audit: {exc}", file=sys.stderr)
         return 1
+    except OSError as exc:  # only the report's write is left outside ExtractError
+        progress.done()
+        print(f"mlbatch audit: --html {args.html}: cannot write it ({exc.strerror}); name a writable path",
+              file=sys.stderr)
+        return 1
     progress.done()
     summary = result.summary
+    if report is not None:
+        shown = f"{size / 1e6:.1f} MB" if size >= 1e6 else f"{max(1, round(size / 1e3))} kB"
+        print(f"mlbatch audit: report of {summary['units']} units written to {args.html} ({shown}): "
+              "open it in a browser", file=sys.stderr)
     if args.json:
         print(json.dumps({"summary": summary}))
     else:
         print(summary_table(summary), file=sys.stderr)
+    if summary.get("binding_warning"):
+        print(f"mlbatch audit: warning: {summary['binding_warning']}", file=sys.stderr)
     if args.manifest:
         heal = (f"{summary['manifest_units']} units to heal" if not args.dry_run else
                 f"{summary['healable']} units would be healed")
@@ -396,6 +427,21 @@ def cmd_audit(args) -> int:
     return result.exit_code
 
 
+def _heal_stopped(exc, output: str) -> int:
+    """A heal that stopped on an error: the line of every lock it released that is not on stdout yet
+    goes there (an --output file is not published), and one line on stderr says what it did. Exit 1."""
+    for line in exc.released:
+        if output != "-" or line["lock_key"] not in exc.written:
+            print(json.dumps(line, separators=(",", ":")))
+    n = len(exc.released)
+    did = (f"before it stopped it released {n} stuck lock{'s' if n != 1 else ''} (now FAILED, error Audit.Stuck; "
+           f"their lines are on stdout, lock_released: true) and wrote no manifest: the next "
+           "`mlbatch audit --manifest` finds them FAILED and heals them" if n else
+           "no lock was released and no manifest was written")
+    print(f"mlbatch audit: the heal stopped: {exc}; {did}", file=sys.stderr)
+    return 1
+
+
 def _audit_parser(sub) -> None:
     from .settings import MAX_ATTEMPTS as DEFAULT_MAX_ATTEMPTS, STUCK_AFTER_MINUTES as DEFAULT_STUCK_AFTER_MINUTES
     p = sub.add_parser(
@@ -406,6 +452,7 @@ def _audit_parser(sub) -> None:
                "      --defaults-table mlbatch-ProjectDefaults > audit.jsonl\n"
                "  mlbatch audit ... --manifest s3://<ArtifactsBucketName>/backfill/heal-2024-03.jsonl   # the heal\n"
                "  jq -c 'select(.state == \"MISSING\")' audit.jsonl\n"
+               "  mlbatch audit ... --html audit.html > audit.jsonl   # the same run as a picture\n"
                "states: SUCCEEDED IN_PROGRESS STUCK FAILED POISONED MISSING COLLISION UNKNOWN_STATUS UNKNOWN_PROJECT\n"
                "exit codes: 0 every unit SUCCEEDED or IN_PROGRESS, 3 gaps (any other state), 1 error, 2 usage\n"
                "guide: docs/audit.md")
@@ -434,6 +481,8 @@ def _audit_parser(sub) -> None:
                    help="a suspect LastModified is fatal: such units are not reported, exit 1, no manifest")
     p.add_argument("--json", action="store_true", help="the summary as one JSON object on stdout after the lines "
                                                        "(instead of the table on stderr)")
+    p.add_argument("--html", metavar="FILE", help="also write the audit as one self-contained HTML page: a calendar "
+                                                  "of days x windows per project (docs/audit-report.md)")
     p.add_argument("--workers", type=_int_at_least(1), default=8, help="date spans listed in parallel (default 8)")
     p.add_argument("--quiet", action="store_true", help="no progress on stderr")
     p.set_defaults(func=cmd_audit)
@@ -453,11 +502,10 @@ def _table_arg(args, kind: str) -> str:
 def _table(args, kind: str):
     """(table name, DynamoDB client) for a command on one of mlbatch's tables; a missing table or
     one of another kind becomes a message naming it."""
-    import boto3
-
+    from .clients import client
     from .failures import about_table
     table = _table_arg(args, kind)
-    ddb = boto3.client("dynamodb")
+    ddb = client("dynamodb")
     with about_table(table, kind, ddb):
         yield table, ddb
 
@@ -486,22 +534,57 @@ def cmd_defaults(args) -> int:
     return 0
 
 
+def _locks_bind(args, table: str, ddb) -> int:
+    """`locks bind`: bind the batches of window locks written before batch bindings (docs/upgrading.md)."""
+    from .binding import apply_bind, plan_bind
+    plan = plan_bind(table, ddb, args.project)
+    if args.dry_run:
+        for line, _ in plan.writes:
+            line["outcome"] = "would_bind"
+    else:
+        apply_bind(plan, table, ddb)
+    for line in plan.lines:
+        print(json.dumps(line))
+    summary = plan.summary(args.dry_run)
+    print(json.dumps({"summary": summary}))
+    done = (f"{summary['would_bind']} batches would be bound (dry run: nothing was written to {table})"
+            if args.dry_run else f"{summary['bound']} batches bound")
+    print(f"mlbatch locks bind: {summary['window_locks']} window locks, {summary['batches']} batches: {done}, "
+          f"{summary['skipped']} already bound, {summary['unbindable']} unbindable (no mini_batch_s3_prefix or "
+          f"feature_spec_version), {summary['conflicts']} bound to another window (kept), {summary['duplicates']} "
+          "duplicate window locks of a bound batch (kept; see `mlbatch locks show`)", file=sys.stderr)
+    return 0
+
+
 def cmd_locks(args) -> int:
-    """The lock ledger: list, show, or reset a window (reset marks it FAILED; nothing is deleted)."""
+    """The lock ledger: list, show, reset a window (reset marks it FAILED; nothing is deleted), or bind
+    the batches of window locks written before batch bindings."""
+    from .binding import kind, with_batches
     from .operator import apply_reset, list_locks, plan_reset, show_lock
     from .trace import ledger_table
     with _table(args, "lock") as (table, ddb):
+        if args.action == "bind":
+            return _locks_bind(args, table, ddb)
         if args.action == "list":
             locks = list_locks(table, args.project, args.status, args.window_from, args.window_to, ddb,
                                mini_batch=args.mini_batch, source=args.source)
+            locks = [row for row in with_batches(locks) if not args.kind or row["kind"] == args.kind]
             if args.json:
                 for lock in locks:
                     print(json.dumps(lock))
             else:
                 print(ledger_table(locks))
         elif args.action == "show":
-            print(json.dumps(show_lock(table, args.lock_key, ddb), indent=None if args.json else 2))
+            from .binding import batch_items, related
+            shown = (batch_items(table, args.lock_key, ddb) if args.lock_key.startswith("s3://") else
+                     [related(table, show_lock(table, args.lock_key, ddb), ddb)])
+            for item in shown:
+                print(json.dumps(item, indent=None if args.json else 2))
         else:
+            if kind({"lock_key": args.lock_key}) == "binding":
+                from .failures import Failure
+                raise Failure(f"{args.lock_key!r} is a batch binding, not a window lock: reset its window lock "
+                              "(`mlbatch locks show` on it names it as window_lock_key)")
             plan = plan_reset(table, args.lock_key, args.reason, args.in_progress_ok, ddb)
             if plan.owner:
                 print(f"mlbatch locks: {args.lock_key} is IN_PROGRESS; its pipeline execution "
@@ -527,12 +610,27 @@ def cmd_backfill(args) -> int:
             return 0
         run = backfill_run(table, args.run_id, ddb)
         completed = complete_backfill_run(table, run, ddb, dry_run=args.dry_run)
-    if completed:
-        run = {**run, **completed}
-        print(f"mlbatch backfill: the run record was not closed by its backfill (its output names the write "
-              f"under \"unwritten\"); {'would close' if args.dry_run else 'closed'} it from the execution's output"
-              + (" (dry run, nothing written)" if args.dry_run else ""), file=sys.stderr)
+        if completed:
+            run = {**run, **completed}
+            print(f"mlbatch backfill: the run record was not closed by its backfill (its output names the write "
+                  f"under \"unwritten\"); {'would close' if args.dry_run else 'closed'} it from the execution's output"
+                  + (" (dry run, nothing written)" if args.dry_run else ""), file=sys.stderr)
+        lock_table = args.lock_table or os.environ.get("MLBATCH_LOCK_TABLE")
+        if lock_table:  # which units adopted a window their batch was already bound to
+            from .binding import run_adoptions
+            from .clients import client
+            from .failures import Failure
+            try:
+                run["units_adopting"], where = run_adoptions(
+                    run, lock_table, ddb, client("s3"),
+                    args.artifacts_bucket or os.environ.get("MLBATCH_ARTIFACTS_BUCKET"))
+            except Failure as exc:
+                print(f"mlbatch backfill: warning: which units adopt a bound window is unknown: {exc}",
+                      file=sys.stderr)
     print(json.dumps(run, indent=None if args.json else 2))
+    if "units_adopting" in run:
+        print(f"mlbatch backfill: {len(run['units_adopting'])} units adopt{'ed' if run.get('closed_at') else ''} "
+              f"the window their batch is bound to (units from {where}; see units_adopting)", file=sys.stderr)
     counts = {k: run.get(k, 0) for k in ("started", "suppressed", "collided", "invalid", "failed", "poisoned")}
     print(f"mlbatch backfill: {run.get('units', '?')} units: " + ", ".join(f"{v} {k}" for k, v in counts.items())
           + f", {run.get('uncounted', 0)} uncounted" + ("" if run.get("closed_at") else " (still running)"),
@@ -722,9 +820,13 @@ def main(argv: list[str] | None = None) -> int:
                               "  mlbatch locks list --from 2024-03-01 --to 2024-03-01T12:00:00Z\n"
                               "  mlbatch locks show 'traffic-anomaly#fs-2024-06#2024-02-29T23:53:00Z#...'\n"
                               "  mlbatch locks reset '<lock_key>' --reason 'builder image fixed, INC-4711'\n"
+                              "  mlbatch locks show s3://ingest/acme/netsec/traffic-anomaly/2024/02/29/mb-1/   # its binding\n"
+                              "  mlbatch locks bind --dry-run   # the upgrade step: docs/upgrading.md\n"
                               "exit codes: 0 ok, 1 no such lock / refused / AWS error, 2 usage")
-    p.add_argument("action", choices=["list", "show", "reset"])
-    p.add_argument("lock_key", nargs="?", help="for show and reset")
+    p.add_argument("action", choices=["list", "show", "reset", "bind"])
+    p.add_argument("lock_key", nargs="?", help="for show: a window lock's key, a binding's (batch#...) or a batch folder "
+                                                 "(s3://.../mini_batch_id/); for reset: a window lock's key")
+    p.add_argument("--kind", choices=["window", "binding"], help="for list: only window locks, or only bindings")
     p.add_argument("--table", help="lock table (default: $MLBATCH_LOCK_TABLE)")
     p.add_argument("--project")
     p.add_argument("--status", choices=["IN_PROGRESS", "SUCCEEDED", "FAILED"])
@@ -737,7 +839,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--reason", help="for reset (required): recorded on the lock")
     p.add_argument("--in-progress-ok", action="store_true",
                    help="for reset: reset an IN_PROGRESS lock (its pipeline may still run: check it first)")
-    p.add_argument("--dry-run", action="store_true", help="for reset: show the result, write nothing")
+    p.add_argument("--dry-run", action="store_true", help="for reset and bind: say what it would write, write nothing")
     p.add_argument("--json", action="store_true", help="JSON (Lines for list) for scripts")
     p.set_defaults(func=cmd_locks)
     p = sub.add_parser("backfill", help=_summary(cmd_backfill), description=_doc(cmd_backfill),
@@ -748,6 +850,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("action", choices=["list", "show"])
     p.add_argument("run_id", nargs="?", help="for show: the backfill execution's name (its run_id)")
     p.add_argument("--table", help="backfill runs table (default: $MLBATCH_RUNS_TABLE)")
+    p.add_argument("--lock-table", help="for show: lock table, to name the units that adopt a bound window "
+                                        "(default: $MLBATCH_LOCK_TABLE)")
+    p.add_argument("--artifacts-bucket", help="for show: where an extracted run's units are (default: "
+                                              "$MLBATCH_ARTIFACTS_BUCKET)")
     p.add_argument("--json", action="store_true", help="one line of JSON")
     p.add_argument("--dry-run", action="store_true",
                    help="for show: do not close a record its backfill could not close, only say so")
@@ -823,14 +929,32 @@ def main(argv: list[str] | None = None) -> int:
         how.add_argument("--json", action="store_true", help="print the environment as one JSON object")
     down.add_argument("--shell", action="store_true", help="print an `unset` line for eval")
     p.set_defaults(func=cmd_local)
+    _retry_options(parser, sub)
     args = parser.parse_args(argv)
     _check_usage(sub, args)
     return _run(args)
 
 
+def _retry_options(parser, sub) -> None:
+    """--aws-max-attempts / --aws-retry-mode, before or after the command (`audit --max-attempts` is
+    the poison limit, another thing): the retries of every AWS call the command makes."""
+    from .clients import DEFAULT_MAX_ATTEMPTS, DEFAULT_RETRY_MODE, RETRY_MODES
+    for target in (parser, *sub.choices.values()):
+        top = target is parser
+        target.add_argument("--aws-max-attempts", type=_int_at_least(1), metavar="N",
+                            default=None if top else argparse.SUPPRESS,
+                            help=f"attempts per AWS call, the first included (default: $AWS_MAX_ATTEMPTS, "
+                                 f"else the profile's max_attempts, else {DEFAULT_MAX_ATTEMPTS})")
+        target.add_argument("--aws-retry-mode", choices=RETRY_MODES, default=None if top else argparse.SUPPRESS,
+                            help=f"botocore's retry mode (default: $AWS_RETRY_MODE, else the profile's "
+                                 f"retry_mode, else {DEFAULT_RETRY_MODE}); docs/cli.md, Retries")
+
+
 def _run(args) -> int:
     """Run the command; a user error becomes one line on stderr and exit 1 (a bug keeps its traceback)."""
+    from .clients import configure
     from .failures import explain  # user errors subclass failures.Failure: nothing heavy to import here
+    configure(getattr(args, "aws_max_attempts", None), getattr(args, "aws_retry_mode", None))
     try:
         return args.func(args)
     except KeyboardInterrupt:

@@ -20,7 +20,7 @@ BUILDER_SETTINGS = {
 TOP_LEVEL = {"project_name", "feature_spec_version", "traffic_input", "delta_builder", "pair_counts_builder",
              "description"}
 #: The longest feature_spec_version and source column name mlbatch accepts: they reach builders in the
-#: batch config, but the version is also part of output keys and the lock key (README: Limits).
+#: batch config, but the version is also part of output keys and the lock key (docs/errors.md: Limits).
 MAX_NAME = 128
 
 

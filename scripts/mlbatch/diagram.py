@@ -5,7 +5,7 @@ import json
 import re
 from pathlib import Path
 
-__all__ = ["mermaid", "readme_section", "BEGIN", "END"]
+__all__ = ["mermaid", "markdown_section", "BEGIN", "END"]
 
 BEGIN = "<!-- diagrams:begin (mlbatch render writes this section from asl/*.asl.json) -->"
 END = "<!-- diagrams:end -->"
@@ -59,9 +59,10 @@ def mermaid(asl_path: Path) -> str:
     return "\n".join(lines)
 
 
-def readme_section(asl_dir: Path) -> str:
+def markdown_section(asl_dir: Path) -> str:
+    """One Mermaid diagram per rendered state machine, between the markers (docs/diagrams.md)."""
     parts = [BEGIN, ""]
     for path in sorted(asl_dir.glob("*.asl.json")):
-        parts += [f"#### {path.name.removesuffix('.asl.json')}", "", "```mermaid", mermaid(path), "```", ""]
+        parts += [f"## {path.name.removesuffix('.asl.json')}", "", "```mermaid", mermaid(path), "```", ""]
     parts.append(END)
     return "\n".join(parts)

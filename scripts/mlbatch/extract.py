@@ -27,12 +27,12 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, TextIO
 
-import boto3
-
+from . import clients
+from .failures import Failure
 from .window import InvalidTimestamp, iso_z, window_at
 
 __all__ = ["read_request", "ExtractError", "Extractor", "Report", "UNIT_FIELDS", "SUSPECT_AFTER_DAYS",
-           "iso_from_last_modified", "lock_key", "unit_dict", "batch_get", "check_output", "open_output", "write_units"]
+           "iso_from_last_modified", "lock_key", "binding_key", "unit_dict", "batch_get", "check_output", "open_output", "write_units"]
 
 #: The execution-unit contract, in the order every unit line is written.
 UNIT_FIELDS = ("project_name", "org1", "org2", "mini_batch_id", "mini_batch_s3_prefix", "feature_spec_version",
@@ -65,6 +65,12 @@ def lock_key(unit: dict) -> str:
                      unit["batch_end_ts_iso"]])
 
 
+def binding_key(feature_spec_version: str, mini_batch_s3_prefix: str) -> str:
+    """`batch#<feature_spec_version>#<mini_batch_s3_prefix>`: the key of a batch's binding item in the lock
+    table (the prefix exactly as in the unit, trailing slash), as the intake and the backfill write it."""
+    return f"batch#{feature_spec_version}#{mini_batch_s3_prefix}"
+
+
 def unit_dict(record: tuple) -> dict[str, Any]:
     """An extractor record -> the execution unit (plus `timestamp_suspect: true` when flagged)."""
     unit = dict(zip(UNIT_FIELDS, record))
@@ -83,6 +89,7 @@ class Report:
     stray_keys: Counter = field(default_factory=Counter)    # reason -> keys
     api_calls: Counter = field(default_factory=Counter)     # API -> calls
     already_succeeded: int = 0
+    will_adopt: int = 0                                     # units whose batch is bound to another window
     timestamp_suspect: int = 0                              # units whose LastModified is outside the folder's date
     suspect_examples: list = field(default_factory=list)    # the first few, for messages
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
@@ -94,12 +101,15 @@ class Report:
     def as_dict(self) -> dict[str, Any]:
         return {"folders": self.folders, "units": self.units, "skipped": dict(self.skipped),
                 "stray_keys": dict(self.stray_keys), "api_calls": dict(self.api_calls),
-                "already_succeeded": self.already_succeeded, "timestamp_suspect": self.timestamp_suspect}
+                "already_succeeded": self.already_succeeded, "will_adopt": self.will_adopt,
+                "timestamp_suspect": self.timestamp_suspect}
 
 
 def _client(service: str):
     try:
-        return boto3.client(service)
+        return clients.client(service)
+    except Failure as exc:  # a retry setting that is not valid
+        raise ExtractError(str(exc)) from None
     except Exception as exc:  # NoRegionError and friends, raised by client creation
         raise ExtractError(f"cannot create the {service} client: {exc} "
                            "(set AWS_DEFAULT_REGION or AWS_REGION, and credentials)") from None
@@ -157,7 +167,7 @@ def batch_get(dynamodb, table: str, keys: list[dict], *, consistent: bool = Fals
         try:
             resp = dynamodb.batch_get_item(RequestItems={table: request})
         except Exception as exc:
-            raise ExtractError(f"BatchGetItem on table {table!r} failed: {exc}") from None
+            raise ExtractError(f"BatchGetItem on table {table!r} failed: {exc}{clients.throttle_hint(exc)}") from None
         if on_call:
             on_call()
         items += resp.get("Responses", {}).get(table, [])
@@ -339,7 +349,7 @@ class Extractor:
             raise ExtractError(f"bucket {self.bucket!r} does not exist (name the ingestion bucket with --bucket)") from None
         except Exception as exc:  # botocore ClientError and friends: name the call, the bucket and the prefix
             raise ExtractError(f"ListObjectsV2 s3://{kwargs.get('Bucket', self.bucket)}/{kwargs.get('Prefix', '')} "
-                               f"failed: {exc}") from None
+                               f"failed: {exc}{clients.throttle_hint(exc)}") from None
 
     # --- the whole run ------------------------------------------------------------------------
 
@@ -394,14 +404,31 @@ class Extractor:
 
     def count_succeeded(self, lock_table: str, units: list[dict]) -> int:
         """How many of these units' windows already hold a SUCCEEDED lock (BatchGetItem)."""
-        keys = [lock_key(u) for u in units]
-        done = 0
-        for i in range(0, len(keys), 100):
-            request = [{"lock_key": {"S": k}} for k in dict.fromkeys(keys[i:i + 100])]
-            for item in batch_get(self.dynamodb, lock_table, request, projection="#s", names={"#s": "status"},
-                                  on_call=lambda: self.report.count_call("BatchGetItem")):
-                done += item.get("status", {}).get("S") == "SUCCEEDED"
-        return done
+        return self.ledger_plan(lock_table, units)[0]
+
+    def ledger_plan(self, lock_table: str, units: list[dict]) -> tuple[int, list[dict]]:
+        """(how many units' windows already hold a SUCCEEDED lock, the units that will adopt a bound
+        window): per 100 units one BatchGetItem of their bindings, one of their windows' locks -- the
+        bound window's when the batch has a binding, else the unit's own."""
+        from .binding import bound_window, read_bindings
+        done, adopting = 0, []
+        count = lambda: self.report.count_call("BatchGetItem")  # noqa: E731
+        for i in range(0, len(units), 100):
+            chunk = units[i:i + 100]
+            bkeys = [binding_key(u["feature_spec_version"], u["mini_batch_s3_prefix"]) for u in chunk]
+            bindings = read_bindings(self.dynamodb, lock_table, list(dict.fromkeys(bkeys)), on_call=count)
+            windows = [bound_window(u, bindings.get(k)) for u, k in zip(chunk, bkeys)]
+            request = [{"lock_key": {"S": k}} for k in dict.fromkeys(w[0] for w in windows)]
+            succeeded = {item["lock_key"]["S"] for item in batch_get(
+                self.dynamodb, lock_table, request, projection="#k, #s", names={"#k": "lock_key", "#s": "status"},
+                on_call=count) if item.get("status", {}).get("S") == "SUCCEEDED"}
+            for unit, (key, start, end, adopted_from) in zip(chunk, windows):
+                done += key in succeeded
+                if adopted_from:
+                    adopting.append({"mini_batch_id": unit["mini_batch_id"], "lock_key": key,
+                                     "batch_start_ts_iso": start, "batch_end_ts_iso": end,
+                                     "window_adopted_from": adopted_from})
+        return done, adopting
 
 
 # --- outputs ------------------------------------------------------------------------------------

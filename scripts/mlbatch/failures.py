@@ -69,7 +69,8 @@ def _client_error(exc: ClientError) -> str:
         "AccessDeniedException": "the identity lacks this permission: use a role allowed to call it",
         "AccessDenied": "the identity lacks this permission: use a role allowed to call it",
     }.get(code, f"at {where()}")
-    return f"{exc.operation_name} failed: {code}: {message} ({hint})"
+    from .clients import throttle_hint
+    return f"{exc.operation_name} failed: {code}: {message} ({hint}){throttle_hint(exc)}"
 
 
 def explain(exc: BaseException) -> str | None:

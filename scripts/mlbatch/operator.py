@@ -8,9 +8,8 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-import boto3
-
-from .failures import Failure, is_error_page
+from .clients import client as aws_client
+from .failures import Failure, explain, is_error_page
 from .defaults import problems
 from .items import from_item, to_item
 
@@ -34,7 +33,7 @@ def list_locks(table: str, project: str | None = None, status: str | None = None
     """Locks filtered by project, status, mini-batch, source and window start (inclusive
     `YYYY-MM-DDTHH:MM:SSZ` bounds), sorted by key. Items holding only `lock_key` are listed too
     (they match no filter on an attribute they lack)."""
-    ddb = ddb or boto3.client("dynamodb")
+    ddb = ddb or aws_client("dynamodb")
     filters, names, values = [], {}, {}
     for attr, op, value in (("project_name", "=", project), ("status", "=", status),
                             ("mini_batch_id", "=", mini_batch), ("source", "=", source),
@@ -70,7 +69,7 @@ def _raw_lock(table: str, lock_key: str, ddb) -> dict:
 
 def show_lock(table: str, lock_key: str, ddb=None) -> dict:
     """The lock item as plain JSON (whatever attributes it has)."""
-    return from_item(_raw_lock(table, lock_key, ddb or boto3.client("dynamodb")))
+    return from_item(_raw_lock(table, lock_key, ddb or aws_client("dynamodb")))
 
 
 def pipeline_status(lock: dict, sfn=None) -> dict:
@@ -78,7 +77,7 @@ def pipeline_status(lock: dict, sfn=None) -> dict:
     arn = lock.get("pipeline_execution_arn")
     if not isinstance(arn, str) or not arn:
         return {"pipeline_execution_arn": None, "status": "unknown (the lock names no pipeline execution)"}
-    sfn = sfn or boto3.client("stepfunctions")
+    sfn = sfn or aws_client("stepfunctions")
     try:
         return {"pipeline_execution_arn": arn, "status": sfn.describe_execution(executionArn=arn)["status"]}
     except sfn.exceptions.ExecutionDoesNotExist:
@@ -102,7 +101,7 @@ def plan_reset(table: str, lock_key: str, reason: str, in_progress_ok: bool = Fa
     `in_progress_ok` (its pipeline may still run: a reset lets a second run start beside it)."""
     if not reason.strip():
         raise OperatorError("--reason is required: it is recorded on the lock")
-    ddb = ddb or boto3.client("dynamodb")
+    ddb = ddb or aws_client("dynamodb")
     raw = _raw_lock(table, lock_key, ddb)
     lock = from_item(raw)
     owner = None
@@ -128,7 +127,7 @@ def plan_reset(table: str, lock_key: str, reason: str, in_progress_ok: bool = Fa
 def apply_reset(plan: ResetPlan, ddb=None) -> dict:
     """Write a planned reset, on the condition that the lock still has the status it was read
     with (a concurrent acquire or finalize wins; nothing is overwritten). Returns the lock after."""
-    ddb = ddb or boto3.client("dynamodb")
+    ddb = ddb or aws_client("dynamodb")
     names = {"#s": "status", "#e": "error", "#c": "cause", "#r": "reason", "#u": "updated_at",
              "#pe": "previous_error", "#pc": "previous_cause"}
     values = {":failed": {"S": "FAILED"}, ":e": {"S": "Operator.Reset"}, ":c": {"S": plan.after["reason"]},
@@ -225,7 +224,7 @@ def _window_owner(payload: Any, execution_arn: str, lock_table: str | None, ddb)
     if not lock_table:
         return (f"The lock {lock_key!r} names the intake execution that owns the window (owner_execution_arn): "
                 "name the lock table with --table or MLBATCH_LOCK_TABLE to see it.")
-    ddb = ddb or boto3.client("dynamodb")
+    ddb = ddb or aws_client("dynamodb")
     item = _lock_item(lock_table, lock_key, ddb)
     if not item:
         return f"No lock {lock_key!r} in {lock_table}: the window is free, replay the batch's intake event."
@@ -241,7 +240,7 @@ def _window_owner(payload: Any, execution_arn: str, lock_table: str | None, ddb)
 def plan_replay(execution_arn: str, force: bool = False, reason: str | None = None, sfn=None,
                 lock_table: str | None = None, ddb=None) -> dict:
     """What `mlbatch replay` would start: the state machine, a traceable name and the input."""
-    sfn = sfn or boto3.client("stepfunctions")
+    sfn = sfn or aws_client("stepfunctions")
     try:
         ex = sfn.describe_execution(executionArn=execution_arn)
     except sfn.exceptions.ExecutionDoesNotExist:
@@ -269,7 +268,7 @@ def plan_replay(execution_arn: str, force: bool = False, reason: str | None = No
 
 def start_replay(plan: dict, sfn=None) -> str:
     """Start what plan_replay planned; the new execution's ARN."""
-    sfn = sfn or boto3.client("stepfunctions")
+    sfn = sfn or aws_client("stepfunctions")
     return sfn.start_execution(stateMachineArn=plan["state_machine_arn"], name=plan["name"],
                                input=json.dumps(plan["input"]))["executionArn"]
 
@@ -277,7 +276,7 @@ def start_replay(plan: dict, sfn=None) -> str:
 def redrive(execution_arn: str, sfn=None) -> str:
     """AWS RedriveExecution: the same execution again from its failed states (keeps the lock)."""
     from botocore.exceptions import ClientError
-    sfn = sfn or boto3.client("stepfunctions")
+    sfn = sfn or aws_client("stepfunctions")
     unsupported = ("this endpoint does not implement RedriveExecution (AWS does; the embedded engine does not): "
                    "replay the intake execution instead (`mlbatch replay --dry-run` on this one names it)")
     try:
@@ -301,9 +300,16 @@ def put_defaults(table: str, items: list[dict], dry_run: bool = False, ddb=None)
         raise OperatorError("; ".join(f"item {i} ({items[i].get('project_name', '?') if isinstance(items[i], dict) else '?'}): "
                                       + ", ".join(p) for i, p in bad.items()))
     if not dry_run:
-        ddb = ddb or boto3.client("dynamodb")
-        for item in items:
-            ddb.put_item(TableName=table, Item=to_item(item))
+        ddb = ddb or aws_client("dynamodb")
+        for n, item in enumerate(items):
+            try:
+                ddb.put_item(TableName=table, Item=to_item(item))
+            except Exception as exc:
+                if not n or explain(exc) is None:  # nothing written yet: the error as it is
+                    raise
+                raise OperatorError(f"{explain(exc)}; written before it: "
+                                    f"{', '.join(i['project_name'] for i in items[:n])} ({n} of {len(items)}); "
+                                    "putting the same files again is safe") from None
     return [item["project_name"] for item in items]
 
 
@@ -313,7 +319,7 @@ def put_defaults(table: str, items: list[dict], dry_run: bool = False, ddb=None)
 def backfill_run(table: str, run_id: str, ddb=None) -> dict:
     """A backfill's run record with `units_not_started`: one entry per unit that did not start
     (its manifest line, outcome, error, cause), in manifest order."""
-    ddb = ddb or boto3.client("dynamodb")
+    ddb = ddb or aws_client("dynamodb")
     pages = ddb.get_paginator("query").paginate(
         TableName=table, KeyConditionExpression="run_id = :r", ConsistentRead=True,
         ExpressionAttributeValues={":r": {"S": run_id}})
@@ -360,7 +366,7 @@ def complete_backfill_run(table: str, run: dict, ddb=None, sfn=None, dry_run: bo
 
 def backfill_runs(table: str, ddb=None) -> list[dict]:
     """Every backfill run's record (no unit entries), newest first."""
-    ddb = ddb or boto3.client("dynamodb")
+    ddb = ddb or aws_client("dynamodb")
     pages = ddb.get_paginator("scan").paginate(
         TableName=table, FilterExpression="#e = :run", ExpressionAttributeNames={"#e": "entry"},
         ExpressionAttributeValues={":run": {"S": "run"}})

@@ -12,7 +12,7 @@ from . import settings
 from .settings import CRON, ROOT, YEAR_MAX, YEAR_MIN
 from .window import leap_years, minute_table
 
-__all__ = ["environment", "render_text", "render_all", "check", "TEMPLATES", "ASL"]
+__all__ = ["environment", "render_text", "render_all", "check", "TEMPLATES", "ASL", "DOCS"]
 
 TEMPLATES = ROOT / "templates"
 ASL = ROOT / "asl"
@@ -82,17 +82,17 @@ def _targets() -> dict[Path, str]:
     return {ASL / p.name.removesuffix(".j2"): p.name for p in sorted(TEMPLATES.glob("*.asl.json.j2"))}
 
 
-README = ASL.parent / "README.md"
+DOCS = ASL.parent / "docs"
 
 
-def _readme_regenerated() -> str:
-    """README.md with its generated sections (diagrams, error table) written afresh."""
-    from .readme import regenerate
-    return regenerate(README.read_text(), ASL)
+def _generated() -> dict[Path, str]:
+    """Each docs file with a generated section (docs/diagrams.md, docs/errors.md), written afresh."""
+    from .generated import SECTIONS, regenerate
+    return {DOCS / name: regenerate(name, (DOCS / name).read_text(), ASL) for name in SECTIONS}
 
 
 def render_all() -> list[Path]:
-    """Write every rendered ASL file and the README's generated sections; return what changed."""
+    """Write every rendered ASL file and the docs' generated sections; return what changed."""
     env, changed = environment(), []
     ASL.mkdir(exist_ok=True)
     for target, name in _targets().items():
@@ -100,21 +100,22 @@ def render_all() -> list[Path]:
         if not target.exists() or target.read_text() != text:
             target.write_text(text)
             changed.append(target)
-    readme = _readme_regenerated()
-    if README.read_text() != readme:
-        README.write_text(readme)
-        changed.append(README)
+    for path, text in _generated().items():
+        if path.read_text() != text:
+            path.write_text(text)
+            changed.append(path)
     return changed
 
 
 def check() -> list[Path]:
-    """The committed ASL files that differ from their templates (or are missing / orphaned)."""
+    """The committed ASL files that differ from their templates (or are missing / orphaned), then
+    the docs whose generated sections are stale."""
     env, stale = environment(), []
     targets = _targets()
     for target, name in targets.items():
         if not target.exists() or target.read_text() != render_text(name, env):
             stale.append(target)
     stale += [p for p in sorted(ASL.glob("*.asl.json")) if p not in targets]
-    if not stale and README.read_text() != _readme_regenerated():
-        stale.append(README)
+    if not stale:
+        stale += [path for path, text in _generated().items() if path.read_text() != text]
     return stale

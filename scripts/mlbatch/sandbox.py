@@ -166,10 +166,22 @@ class Sandbox:
     def put_defaults(self, item: dict[str, Any]) -> None:
         self.engine.dynamodb.put_item(TableName=self.table("ProjectDefaultsTable"), Item=to_item(item))
 
-    def locks(self) -> list[dict[str, Any]]:
+    def _ledger(self) -> list[dict[str, Any]]:
+        """Every item of the lock table: window locks and batch bindings."""
         pages = self.engine.dynamodb.get_paginator("scan").paginate(TableName=self.table("LockTable"),
                                                                       ConsistentRead=True)
         return sorted((from_item(i) for p in pages for i in p["Items"]), key=lambda i: i["lock_key"])
+
+    def locks(self) -> list[dict[str, Any]]:
+        """The window locks (the lock table without its batch bindings)."""
+        return [i for i in self._ledger() if i.get("item_type") != "batch_binding"]
+
+    def bindings(self) -> list[dict[str, Any]]:
+        """The batch bindings (item_type = batch_binding, keyed batch#<version>#<prefix>)."""
+        return [i for i in self._ledger() if i.get("item_type") == "batch_binding"]
+
+    def binding(self, feature_spec_version: str, mini_batch_s3_prefix: str) -> dict[str, Any] | None:
+        return self.lock(f"batch#{feature_spec_version}#{mini_batch_s3_prefix}")
 
     def lock(self, lock_key: str) -> dict[str, Any] | None:
         item = self.engine.dynamodb.get_item(TableName=self.table("LockTable"),
@@ -180,7 +192,8 @@ class Sandbox:
         self.engine.dynamodb.put_item(TableName=self.table("LockTable"), Item=to_item(item))
 
     def clear_locks(self) -> None:
-        for lock in self.locks():
+        """Empty the lock table: window locks and bindings."""
+        for lock in self._ledger():
             self.engine.dynamodb.delete_item(TableName=self.table("LockTable"),
                                              Key={"lock_key": {"S": lock["lock_key"]}})
 

@@ -19,7 +19,8 @@ __all__ = ["Template", "load", "ACCOUNT"]
 
 ACCOUNT = "123456789012"
 _NO_VALUE = object()  # Ref AWS::NoValue: the property is left out
-_SUB = re.compile(r"\$\{([A-Za-z0-9:._]+)\}")
+#: ${Name} or ${Resource.Attribute}; ${!Literal} stands for the text ${Literal} (Fn::Sub's escape)
+_SUB = re.compile(r"\$\{(![^}]*|[A-Za-z0-9:._]+)\}")
 #: ARN of a resource the harness creates, by type
 _ARNS = {
     "AWS::DynamoDB::Table": "arn:aws:dynamodb:{region}:{account}:table/{name}",
@@ -28,6 +29,7 @@ _ARNS = {
     "AWS::IAM::Role": "arn:aws:iam::{account}:role/{name}",
     "AWS::SQS::Queue": "arn:aws:sqs:{region}:{account}:{name}",
     "AWS::Logs::LogGroup": "arn:aws:logs:{region}:{account}:log-group:{name}:*",
+    "AWS::CloudWatch::Alarm": "arn:aws:cloudwatch:{region}:{account}:alarm:{name}",
 }
 
 
@@ -74,7 +76,8 @@ class Template:
     # physical names: the logical id, as a stack would prefix it, minus the random suffix
     def physical_name(self, logical: str) -> str:
         props = self.doc["Resources"][logical].get("Properties", {})
-        explicit = props.get("TableName") or props.get("Name") or props.get("BucketName")
+        explicit = (props.get("TableName") or props.get("Name") or props.get("BucketName")
+                    or props.get("DashboardName"))
         name = self.resolve(explicit) if explicit else f"{self.stack_name}-{logical}"
         return name.lower() if self.doc["Resources"][logical]["Type"] == "AWS::S3::Bucket" else name
 
@@ -111,7 +114,7 @@ class Template:
     def _get_att(self, logical: str, attr: str) -> str:
         if attr == "Arn":
             return self.arn(logical)
-        if attr == "Name":
+        if attr in ("Name", "QueueName"):
             return self.physical_name(logical)
         raise KeyError(f"GetAtt {logical}.{attr} is not supported by the harness")
 
@@ -138,6 +141,8 @@ class Template:
 
                 def sub(m: re.Match) -> str:
                     name = m.group(1)
+                    if name.startswith("!"):
+                        return "${" + name[1:] + "}"
                     if name in local:
                         return self.resolve(local[name])
                     if "." in name and not name.startswith("AWS::"):

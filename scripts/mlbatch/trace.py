@@ -35,6 +35,8 @@ def execution_trace(title: str, execution, events: list[dict]) -> str:
 
 def ledger_table(locks: list[dict]) -> str:
     cols = ["lock_key", "status", "attempts", "mini_batch_id", "source", "error", "reason"]
+    if any("kind" in lock for lock in locks):  # `locks list`: window locks and batch bindings apart
+        cols = ["kind", *cols, "bound"]
     rows = [[str(lock.get(c, "")) for c in cols] for lock in locks]
     widths = [max(len(c), *(len(r[i]) for r in rows)) if rows else len(c) for i, c in enumerate(cols)]
     fmt = "  ".join(f"{{:{w}}}" for w in widths)

@@ -1,6 +1,6 @@
 """Small, named fixes for defects of moto 5.2.5's Step Functions engine.
 
-One fix per defect (the README's "Engine fixes" lists them). Each can be applied and
+One fix per defect (docs/backends.md, "Engine fixes", lists them). Each can be applied and
 reverted, so its test can show the defect without it and the behaviour with it;
 when a newer moto no longer has the defect, that test says so.
 """
@@ -117,8 +117,8 @@ def _patch_atomic_writes():
     def serialised(method):
         @functools.wraps(method)
         def wrapper(*args, **kwargs):
-            # DynamoDB evaluates a condition and writes atomically; the engine checked
-            # and wrote without a lock, so two racing executions could both win.
+            # DynamoDB evaluates a condition (or an if_not_exists) and writes atomically; the
+            # engine read and wrote without a lock, so two racing executions could both win.
             with _WRITE_LOCK:
                 return method(*args, **kwargs)
         return wrapper
@@ -399,7 +399,8 @@ FIXES: dict[str, Fix] = {f.name: f for f in [
         _patch_execution_name),
     Fix("atomic_conditional_writes",
         "DynamoDB conditional writes check then write without a lock: concurrent lock "
-        "acquisitions can both succeed.", _patch_atomic_writes),
+        "acquisitions can both succeed, and two if_not_exists writes (the batch binding) can each "
+        "read back their own value.", _patch_atomic_writes),
     Fix("definite_index_paths",
         "A definite JSONPath through an index ($[0].body) yields a one-element list, so Choice "
         "rules such as IsString on it are false where AWS reads the value.", _patch_definite_paths),
