@@ -340,7 +340,7 @@ def complete_backfill_run(table: str, run: dict, ddb=None, sfn=None, dry_run: bo
     The units' own counts stay as the units ADDed them."""
     if run.get("closed_at") or not run.get("execution_arn"):
         return None
-    sfn = sfn or boto3.client("stepfunctions")
+    sfn = sfn or aws_client("stepfunctions")
     execution = sfn.describe_execution(executionArn=run["execution_arn"])
     output = json.loads(execution.get("output") or "null")
     if execution["status"] != "SUCCEEDED" or not isinstance(output, dict):
@@ -351,7 +351,7 @@ def complete_backfill_run(table: str, run: dict, ddb=None, sfn=None, dry_run: bo
     closed_at = execution["stopDate"].astimezone(dt.timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
     done = {"units": units, "uncounted": uncounted, "closed_at": closed_at, "closed_by": "mlbatch backfill show"}
     if not dry_run:
-        ddb = ddb or boto3.client("dynamodb")
+        ddb = ddb or aws_client("dynamodb")
         try:
             ddb.update_item(
                 TableName=table, Key={"run_id": {"S": run["run_id"]}, "entry": {"S": "run"}},
