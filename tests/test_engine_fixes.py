@@ -252,6 +252,31 @@ def test_states_error_names_survive_mocks_and_parallel_branches(sandbox, tmp_pat
     assert fixed.output == {"Error": "States.TaskFailed", "Cause": "job failed"}
 
 
+def test_mock_throw_names_fail_a_dynamodb_task_with_the_mocked_error(sandbox, tmp_path, monkeypatch):
+    mock = tmp_path / "MockConfigFile.json"
+    mock.write_text(json.dumps({
+        "StateMachines": {"fix-mocked-throttle": {"TestCases": {"Throttled": {"Write": "Throttled"}}}},
+        "MockedResponses": {"Throttled": {"0": {"Throw": {
+            "Error": "DynamoDB.ProvisionedThroughputExceededException", "Cause": "throughput exceeded"}}}}}))
+    monkeypatch.setenv("SFN_MOCK_CONFIG", str(mock))
+    arn = machine(sandbox, "fix-mocked-throttle", {
+        "StartAt": "Write", "States": {
+            "Write": {"Type": "Task", "Resource": "arn:aws:states:::dynamodb:putItem",
+                      "Parameters": {"TableName": "any", "Item": {"k": {"S": "v"}}},
+                      "Catch": [{"ErrorEquals": ["DynamoDB.ProvisionedThroughputExceededException"], "Next": "Caught"}],
+                      "End": True},
+            "Caught": {"Type": "Pass", "End": True}}})
+
+    with without("mock_throw_names"):
+        unfixed = sandbox.engine.run(arn + "#Throttled", {})
+    if unfixed.status == "SUCCEEDED":
+        no_longer_needed("mock_throw_names")
+    assert unfixed.error == "DynamoDB.AmazonDynamoDBException" and not unfixed.cause
+
+    fixed = sandbox.engine.run(arn + "#Throttled", {})
+    assert fixed.output == {"Error": "DynamoDB.ProvisionedThroughputExceededException", "Cause": "throughput exceeded"}
+
+
 VARIABLES = {
     "StartAt": "Parse",
     "States": {

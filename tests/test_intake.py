@@ -344,7 +344,8 @@ def test_intake_failed_start_deletes_a_new_lock(stack, event, intake_without_pip
     assert stack.locks() == []
 
 
-def test_intake_failed_start_returns_a_reacquired_lock_to_failed(stack, event, intake_without_pipeline):
+def test_intake_failed_start_returns_a_reacquired_lock_to_failed_without_counting_a_run(
+        stack, event, intake_without_pipeline):
     stack.intake(event)
     stack.set_lock({**stack.lock(LOCK_KEY), "status": "FAILED"})
 
@@ -352,8 +353,19 @@ def test_intake_failed_start_returns_a_reacquired_lock_to_failed(stack, event, i
 
     assert result.error == "Intake.PipelineStartFailed"
     lock = stack.lock(LOCK_KEY)
-    assert (lock["status"], lock["attempts"], lock["owner_execution_arn"]) == ("FAILED", 2, result.arn)
-    assert lock["error"].startswith("StepFunctions.")
+    # attempts counts pipeline runs: one ran, the second never started (docs/failure-paths.md)
+    assert (lock["status"], lock["attempts"], lock["owner_execution_arn"]) == ("FAILED", 1, result.arn)
+    assert lock["error"].startswith("StepFunctions.") and "no run was counted" in lock["cause"]
+
+
+def test_intake_failed_start_whose_release_is_throttled_says_the_lock_is_held(stack, event, intake_without_pipeline):
+    # the start fails, and deleting the new lock is throttled past its retries (MockConfigFile)
+    result = stack.engine.run(intake_without_pipeline + "#ReleaseThrottled", event)
+
+    assert result.error == "Intake.PipelineStartFailed"
+    assert "still IN_PROGRESS" in result.cause and "ProvisionedThroughputExceededException" in result.cause
+    assert "was released" not in result.cause and "mlbatch audit --manifest" in result.cause
+    assert stack.lock(LOCK_KEY)["status"] == "IN_PROGRESS"
 
 
 def test_intake_malformed_json_body_fails_without_a_lock(stack):

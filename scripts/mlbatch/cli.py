@@ -602,13 +602,19 @@ def cmd_locks(args) -> int:
 
 def cmd_backfill(args) -> int:
     """Backfill runs: list them, or show one -- its counts and every unit that did not start, with why."""
-    from .operator import backfill_run, backfill_runs
+    from .operator import backfill_run, backfill_runs, complete_backfill_run
     with _table(args, "backfill runs") as (table, ddb):
         if args.action == "list":
             for run in backfill_runs(table, ddb):
                 print(json.dumps(run))
             return 0
         run = backfill_run(table, args.run_id, ddb)
+        completed = complete_backfill_run(table, run, ddb, dry_run=args.dry_run)
+        if completed:
+            run = {**run, **completed}
+            print(f"mlbatch backfill: the run record was not closed by its backfill (its output names the write "
+                  f"under \"unwritten\"); {'would close' if args.dry_run else 'closed'} it from the execution's output"
+                  + (" (dry run, nothing written)" if args.dry_run else ""), file=sys.stderr)
         lock_table = args.lock_table or os.environ.get("MLBATCH_LOCK_TABLE")
         if lock_table:  # which units adopted a window their batch was already bound to
             from .binding import run_adoptions
@@ -849,6 +855,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--artifacts-bucket", help="for show: where an extracted run's units are (default: "
                                               "$MLBATCH_ARTIFACTS_BUCKET)")
     p.add_argument("--json", action="store_true", help="one line of JSON")
+    p.add_argument("--dry-run", action="store_true",
+                   help="for show: do not close a record its backfill could not close, only say so")
     p.set_defaults(func=cmd_backfill)
     p = sub.add_parser("replay", help=_summary(cmd_replay), description=_doc(cmd_replay),
                        formatter_class=argparse.RawDescriptionHelpFormatter,

@@ -52,7 +52,8 @@ ERRORS: dict[str, tuple[str, str]] = {
     ),
     "Intake.PipelineStartFailed": (
         "The lock was taken but starting the pipeline failed; the lock was released "
-        "(deleted if new, set FAILED if re-acquired).",
+        "(deleted if new, set FAILED if re-acquired, its attempt taken back: no run was counted). If that "
+        "release failed too, the cause says the lock is still IN_PROGRESS (the audit heals it).",
         "Check the cause (quota, permissions, missing pipeline); replay the event.",
     ),
     "Pipeline.InvalidInput": (
@@ -70,6 +71,12 @@ ERRORS: dict[str, tuple[str, str]] = {
         "Both builders succeeded, but the lock no longer belonged to this execution "
         "(reset, or re-acquired after lock_release); the outputs were written but not recorded.",
         "Read the lock ledger: if the window's current run succeeded, nothing to do; otherwise replay.",
+    ),
+    "Pipeline.LockUpdateFailed": (
+        "The pipeline's final lock write (SUCCEEDED or FAILED) failed after its retries (throttling, "
+        "permissions): the lock is still IN_PROGRESS. The cause names the build's outcome and the write's error.",
+        "Wait for lock_release (this execution's status-change event marks the lock FAILED), or run "
+        "`mlbatch audit --manifest` after --stuck-after; then replay the window.",
     ),
     "Backfill.InvalidInput": (
         "The backfill input is none of {from, to[, prefix][, projects]}, {manifest: {bucket, key}} "
@@ -101,6 +108,12 @@ ERRORS: dict[str, tuple[str, str]] = {
         "Lines, outside the artifacts bucket's backfill/ prefix the backfill may read) or results could not "
         "be written. Units that ran are counted in the run record.",
         "Fix the manifest location or permissions; start the backfill again (done windows are suppressed).",
+    ),
+    "LockRelease.LockUpdateFailed": (
+        "lock_release could not mark the ended pipeline's lock FAILED (its write failed after retries): "
+        "the lock is still IN_PROGRESS. The cause names the write's error.",
+        "Redrive the lock_release execution or replay the status-change event; or `mlbatch audit --manifest` "
+        "releases it after --stuck-after.",
     ),
     "LockRelease.InvalidEvent": (
         "lock_release was started with something other than a Step Functions Execution Status "
@@ -136,6 +149,10 @@ SERVICE_ERRORS: dict[str, str] = {
     "StepFunctions.AWSStepFunctionsException":
         "the SDK base class: throttled StartExecution calls (ThrottlingException has no class of its own) "
         "arrive under it, as recorded for DynamoDB's base class",
+    "Sfn.ExecutionDoesNotExistException":
+        "AWS docs, AWS SDK integrations (supported-services-awssdk): errors are <ServiceName>.<ErrorName> in "
+        "PascalCase, always with the Exception suffix; DescribeExecution's ExecutionDoesNotExist (Step Functions "
+        "API reference) under aws-sdk:sfn; the engine raises this name",
     "SageMaker.ResourceLimitExceededException":
         "AWS docs, SageMaker integration (connect-sagemaker): its Retry example names it",
     "SageMaker.AmazonSageMakerException":

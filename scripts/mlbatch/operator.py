@@ -13,7 +13,7 @@ from .failures import Failure, explain, is_error_page
 from .defaults import problems
 from .items import from_item, to_item
 
-__all__ = ["backfill_run", "backfill_runs", "OperatorError", "list_locks", "show_lock", "ResetPlan", "plan_reset", "apply_reset", "reset_lock",
+__all__ = ["backfill_run", "backfill_runs", "complete_backfill_run", "OperatorError", "list_locks", "show_lock", "ResetPlan", "plan_reset", "apply_reset", "reset_lock",
            "pipeline_status", "replay_name", "plan_replay", "start_replay", "redrive", "put_defaults"]
 
 
@@ -330,6 +330,38 @@ def backfill_run(table: str, run_id: str, ddb=None) -> dict:
     units = [{"line": int(i["entry"].removeprefix("unit#")), **{k: v for k, v in i.items() if k not in ("run_id", "entry")}}
              for i in items if i.get("entry", "").startswith("unit#")]
     return {**{k: v for k, v in record.items() if k != "entry"}, "units_not_started": sorted(units, key=lambda u: u["line"])}
+
+
+def complete_backfill_run(table: str, run: dict, ddb=None, sfn=None, dry_run: bool = False) -> dict | None:
+    """Close a run record the backfill could not close ("Close the run record" failed after its retries,
+    the output names it under `unwritten`): its units and uncounted are taken from the ended execution's
+    output, its closed_at from the execution's stop time. Returns what was (or, dry_run, would be)
+    written, or None when there is nothing to complete (closed, still running, or no usable output).
+    The units' own counts stay as the units ADDed them."""
+    if run.get("closed_at") or not run.get("execution_arn"):
+        return None
+    sfn = sfn or aws_client("stepfunctions")
+    execution = sfn.describe_execution(executionArn=run["execution_arn"])
+    output = json.loads(execution.get("output") or "null")
+    if execution["status"] != "SUCCEEDED" or not isinstance(output, dict):
+        return None
+    units, uncounted = output.get("units"), output.get("uncounted")
+    if not (isinstance(units, int) and isinstance(uncounted, int) and units >= 0 and uncounted >= 0):
+        return None
+    closed_at = execution["stopDate"].astimezone(dt.timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    done = {"units": units, "uncounted": uncounted, "closed_at": closed_at, "closed_by": "mlbatch backfill show"}
+    if not dry_run:
+        ddb = ddb or aws_client("dynamodb")
+        try:
+            ddb.update_item(
+                TableName=table, Key={"run_id": {"S": run["run_id"]}, "entry": {"S": "run"}},
+                ConditionExpression="attribute_not_exists(#closed_at)",
+                UpdateExpression="SET " + ", ".join(f"#{k} = :{k}" for k in done),
+                ExpressionAttributeNames={f"#{k}": k for k in done},
+                ExpressionAttributeValues={f":{k}": v for k, v in to_item(done).items()})
+        except ddb.exceptions.ConditionalCheckFailedException:
+            return None  # closed in the meantime
+    return done
 
 
 def backfill_runs(table: str, ddb=None) -> list[dict]:

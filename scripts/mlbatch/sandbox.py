@@ -140,11 +140,11 @@ class Sandbox:
         t = self.template
         return f"arn:aws:states:{t.region}:{t.account}:stateMachine:{t.stack_name}-pipeline-stand-in"
 
-    def emit_status_change(self, execution_arn: str, status: str | None = None) -> list[str]:
+    def emit_status_change(self, execution_arn: str, status: str | None = None, case: str | None = None) -> list[str]:
         """Play EventBridge: the "Step Functions Execution Status Change" event of an ended
         execution goes to every state machine whose template rule matches it; their
         execution ARNs are returned. `status` overrides what the engine reports (the engine
-        cannot reach TIMED_OUT quickly)."""
+        cannot reach TIMED_OUT quickly); `case` starts them as `<ARN>#<case>` (a MockConfigFile test case)."""
         d = self.engine.sfn.describe_execution(executionArn=execution_arn)
         event = {
             "version": "0", "id": str(uuid.uuid4()), "detail-type": "Step Functions Execution Status Change",
@@ -160,7 +160,7 @@ class Sandbox:
         started = []
         for logical, arn in self.deployment.state_machines.items():
             if any(matches(rule, event) for rule in self.template.event_rules(logical)):
-                started.append(self.engine.start(arn, event))
+                started.append(self.engine.start(arn + (f"#{case}" if case else ""), event))
         return started
 
     def put_defaults(self, item: dict[str, Any]) -> None:

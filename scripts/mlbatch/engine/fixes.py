@@ -259,6 +259,32 @@ def _patch_mock_config():
             (StateTaskServiceCallback, "_eval_body", eval_body_mockable)]
 
 
+#: the integrations whose _from_error rebuilds every exception that is not a botocore ClientError
+_SERVICES_REBUILDING_ERRORS = ("dynamodb", "sns", "sqs", "events", "batch", "glue", "api_gateway")
+
+
+def _patch_mock_throw_names():
+    import importlib
+
+    from moto.stepfunctions.parser.asl.component.common.error_name.failure_event import FailureEventException
+
+    patches = []
+    for service in _SERVICES_REBUILDING_ERRORS:
+        module = importlib.import_module(
+            f"moto.stepfunctions.parser.asl.component.state.exec.state_task.service.state_task_service_{service}")
+        for cls in vars(module).values():
+            if isinstance(cls, type) and cls.__module__ == module.__name__ and "_from_error" in vars(cls):
+                def from_error(self, env, ex, _original=vars(cls)["_from_error"]):
+                    # Step Functions Local: a mocked Throw fails the Task with exactly its Error and
+                    # Cause. These integrations rebuilt any non-ClientError, the mock's failure included,
+                    # as <Service>.Amazon...Exception with an empty cause (DynamoDB.AmazonDynamoDBException).
+                    if isinstance(ex, FailureEventException):
+                        return ex.failure_event
+                    return _original(self, env, ex)
+                patches.append((cls, "_from_error", from_error))
+    return patches
+
+
 def _patch_states_error_names():
     from moto.stepfunctions.parser.asl.component.common.error_name.custom_error_name import CustomErrorName
     from moto.stepfunctions.parser.asl.component.common.error_name.states_error_name import StatesErrorName
@@ -385,6 +411,10 @@ FIXES: dict[str, Fix] = {f.name: f for f in [
         "Step Functions Local test cases (`<stateMachineArn>#<TestCase>`, SFN_MOCK_CONFIG) are "
         "ignored: the loader is stubbed, executions get no test case, and a mocked .sync of a "
         "service the engine cannot run (sagemaker) is refused.", _patch_mock_config),
+    Fix("mock_throw_names",
+        "A MockConfigFile Throw in a DynamoDB Task (or SNS, SQS, EventBridge, Batch, Glue, API Gateway) "
+        "fails it as DynamoDB.AmazonDynamoDBException with an empty cause, not the mocked Error and Cause: "
+        "those integrations rebuild every error that is not a botocore ClientError.", _patch_mock_throw_names),
     Fix("states_error_names",
         "A States.* error (States.TaskFailed of a failed job) thrown by a mock, or leaving a "
         "Parallel branch or Map iteration, crashes the execution with States.Runtime: the engine "
