@@ -532,6 +532,11 @@ def _unit_outcome(sb: Sandbox, execution_arn: str) -> str:
     return counted[-1].removeprefix("Count the ").split(" ")[0] if counted else "uncounted"
 
 
+# what the Map's ItemSelector hands each unit as `execution_arn` ($$.Execution.Id): the backfill's own
+# ARN, written into a batch binding's bound_by
+BACKFILL_ARN = "arn:aws:states:us-east-1:123456789012:execution:bench-backfill:bench"
+
+
 def bench_backfill_unit(progress: Callable[[str], None] | None = None, runs: int = 5,
                         baseline: str | None = None) -> list[dict]:
     """State transitions and service calls per backfill unit, by outcome (`runs` each). With `baseline`
@@ -601,7 +606,8 @@ def bench_backfill_unit(progress: Callable[[str], None] | None = None, runs: int
             samples = []
             for i in range(runs):
                 progress(f"bench: backfill {label} {i + 1}/{runs}")
-                payload = {"unit": make(i), "run_id": "bench", "index": i, "max_attempts": 3}
+                payload = {"unit": make(i), "run_id": "bench", "index": i, "max_attempts": 3,
+                           "execution_arn": BACKFILL_ARN}
                 result = sb.engine.run(machine, payload, timeout=120)
                 got = _unit_outcome(sb, result.arn)
                 if got != expect:
@@ -609,8 +615,8 @@ def bench_backfill_unit(progress: Callable[[str], None] | None = None, runs: int
                 samples.append(_measure(sb, result.arn))
             before = None
             if old:
-                result = sb.engine.run(old, {"unit": again(), "run_id": "bench", "index": runs, "max_attempts": 3},
-                                       timeout=120)
+                result = sb.engine.run(old, {"unit": again(), "run_id": "bench", "index": runs, "max_attempts": 3,
+                                             "execution_arn": BACKFILL_ARN}, timeout=120)
                 before = _measure(sb, result.arn)[:2] if _unit_outcome(sb, result.arn) == expect else None
             rows.append(_row(f"backfill: {label}", samples, before, baseline))
         progress("bench: backfill units done")
