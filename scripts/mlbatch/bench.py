@@ -269,10 +269,12 @@ def _populate(bucket: str, folders: int, files_per_folder: int = 1) -> int:
     return objects
 
 
-def _seed_ledger(table: str, folders: int) -> None:
+def _seed_ledger(table: str, folders: int, buckets: dict[str, int] | None = None) -> None:
     """Locks for the windows `_populate` creates, straight into moto's DynamoDB backend: per 100
     folders 90 SUCCEEDED, 4 FAILED, 1 POISONED, 1 IN_PROGRESS and 4 without a lock (MISSING); one
-    in 1,000 is a STUCK lock whose pipeline execution does not exist (a DescribeExecution each)."""
+    in 1,000 is a STUCK lock whose pipeline execution does not exist (a DescribeExecution each).
+    Every lock's batch has its binding (as the intake and the backfill write it) in each of `buckets` that holds it,
+    so the audit's first read per 100 units returns what it returns on a ledger written since issue 15."""
     import datetime as dt
 
     from moto.dynamodb.models import dynamodb_backends
@@ -299,6 +301,14 @@ def _seed_ledger(table: str, folders: int) -> None:
             "lock_key": {"S": key}, "status": {"S": status}, "attempts": {"N": str(attempts)},
             "mini_batch_id": {"S": f"mb-{i:06d}"}, "updated_at": {"S": updated}, "source": {"S": "backfill"},
             "pipeline_execution_arn": {"S": f"arn:aws:states:us-east-1:123456789012:execution:bench:mb-{i:06d}"}})
+        for bucket in [b for b, size in (buckets or {}).items() if i < size]:
+            prefix = f"s3://{bucket}/acme/netsec/{BENCH_PROJECT}/{t:%Y/%m/%d}/mb-{i:06d}/"
+            backend.put_item(table, {k: {"S": v} for k, v in {
+                "lock_key": f"batch#{BENCH_FSV}#{prefix}", "item_type": "batch_binding",
+                "feature_spec_version": BENCH_FSV, "mini_batch_s3_prefix": prefix, "project_name": BENCH_PROJECT,
+                "mini_batch_id": f"mb-{i:06d}", "window_lock_key": key, "batch_start_ts_iso": f"{t:%Y-%m-%dT%H:%M:00Z}",
+                "batch_end_ts_iso": end, "bound_at": updated, "bound_source": "backfill",
+                "bound_by": "arn:aws:states:us-east-1:123456789012:execution:bench-backfill:bench"}.items()})
 
 
 def _serve_history(role: str, sizes: tuple[int, ...], port_queue, stop) -> None:
@@ -328,7 +338,7 @@ def _serve_history(role: str, sizes: tuple[int, ...], port_queue, stop) -> None:
                              AttributeDefinitions=[{"AttributeName": key, "AttributeType": "S"}])
         ddb.put_item(TableName="bench-defaults", Item={"project_name": {"S": BENCH_PROJECT},
                                                         "feature_spec_version": {"S": BENCH_FSV}})
-        _seed_ledger("bench-locks", max(sizes))
+        _seed_ledger("bench-locks", max(sizes), buckets={f"bench-{n}": n for n in sizes})
         port_queue.put((role, endpoint, None))
     stop.wait(3600)
     server.stop()
