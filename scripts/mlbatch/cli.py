@@ -559,7 +559,7 @@ def _locks_bind(args, table: str, ddb) -> int:
 def cmd_locks(args) -> int:
     """The lock ledger: list, show, reset a window (reset marks it FAILED; nothing is deleted), or bind
     the batches of window locks written before batch bindings."""
-    from .binding import kind, with_batches
+    from .binding import kind, missing_bindings, read_bindings, with_batches
     from .operator import apply_reset, list_locks, plan_reset, show_lock
     from .trace import ledger_table
     with _table(args, "lock") as (table, ddb):
@@ -568,7 +568,10 @@ def cmd_locks(args) -> int:
         if args.action == "list":
             locks = list_locks(table, args.project, args.status, args.window_from, args.window_to, ddb,
                                mini_batch=args.mini_batch, source=args.source)
-            locks = [row for row in with_batches(locks) if not args.kind or row["kind"] == args.kind]
+            wanted = missing_bindings(locks)  # a filtered listing: read the bindings it left out
+            bindings = {k: v for i in range(0, len(wanted), 100)
+                        for k, v in read_bindings(ddb, table, wanted[i:i + 100]).items()}
+            locks = [row for row in with_batches(locks, bindings) if not args.kind or row["kind"] == args.kind]
             if args.json:
                 for lock in locks:
                     print(json.dumps(lock))
