@@ -322,7 +322,7 @@ def test_backfill_show_names_the_units_that_adopted_a_bound_window(bound, cli):
     shown = json.loads(out)
     assert code == 0 and [(a["line"], a["mini_batch_id"]) for a in shown["units_adopting"]] == [(0, "mb-grid")]
     assert shown["units_adopting"][0]["window_adopted_from"] == own_window("mb-grid")
-    assert "1 units adopted the window their batch is bound to" in err
+    assert "1 unit adopted the window their batch is bound to" in err
 
 
 def test_locks_show_of_a_batch_folder_names_its_binding_and_window_lock(bound, cli):
