@@ -64,16 +64,30 @@ def test_execution_name_default_is_unique(sandbox):
     assert first != second and not first.endswith(":None")
 
 
-def _race(sandbox, table, slow_read, key) -> int:
-    """Two conditional writers race for one absent key; how many win?"""
+def _concurrently(slow_read: float, *writers) -> None:
+    """Run the writers on threads at once, moto's DynamoDB reads slowed down by `slow_read` seconds to
+    widen the read-then-write window the defect leaves open."""
     from moto.dynamodb.models.table import Table
 
     original = Table.get_item
 
     def get_item(self, *args, **kwargs):
         item = original(self, *args, **kwargs)
-        time.sleep(slow_read)  # widen the check-then-write window the defect leaves open
+        time.sleep(slow_read)
         return item
+    Table.get_item = get_item
+    try:
+        threads = [threading.Thread(target=writer) for writer in writers]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    finally:
+        Table.get_item = original
+
+
+def _race(sandbox, table, slow_read, key) -> int:
+    """Two conditional writers race for one absent key; how many win?"""
     wins, guard = [], threading.Lock()
 
     def writer():
@@ -87,15 +101,7 @@ def _race(sandbox, table, slow_read, key) -> int:
                 wins.append(1)
         except client.exceptions.ConditionalCheckFailedException:
             pass
-    Table.get_item = get_item
-    try:
-        threads = [threading.Thread(target=writer) for _ in range(2)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
-    finally:
-        Table.get_item = original
+    _concurrently(slow_read, writer, writer)
     return len(wins)
 
 
@@ -112,14 +118,6 @@ def test_atomic_conditional_writes_let_one_writer_win(stack):
 def _bind_race(table, slow_read, key) -> set[str]:
     """Two unconditional `SET w = if_not_exists(w, :mine)` writers (the batch binding) race for one
     absent key; which windows do they read back (ALL_NEW)?"""
-    from moto.dynamodb.models.table import Table
-
-    original = Table.get_item
-
-    def get_item(self, *args, **kwargs):
-        item = original(self, *args, **kwargs)
-        time.sleep(slow_read)  # widen the read-then-write window the defect leaves open
-        return item
     read_back, guard = [], threading.Lock()
 
     def writer(window: str):
@@ -130,15 +128,7 @@ def _bind_race(table, slow_read, key) -> set[str]:
                                  ExpressionAttributeValues={":w": {"S": window}}, ReturnValues="ALL_NEW")
         with guard:
             read_back.append(got["Attributes"]["window_lock_key"]["S"])
-    Table.get_item = get_item
-    try:
-        threads = [threading.Thread(target=writer, args=(f"window-{i}",)) for i in range(2)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
-    finally:
-        Table.get_item = original
+    _concurrently(slow_read, *(lambda i=i: writer(f"window-{i}") for i in range(2)))
     return set(read_back)
 
 

@@ -85,6 +85,21 @@ def finish(sb, intake) -> None:
     sb.engine.wait(intake.output["pipeline_execution_arn"], timeout=120)
 
 
+def deliver_live(sb, day: str, last_modified: list[dt.datetime], stamps: list[str]) -> list[str]:
+    """A day of new batch folders, one file each with the given LastModified; the first len(stamps) are
+    delivered live, their events stamped so, and their pipelines finish. Returns the batches."""
+    from moto.s3.models import s3_backends
+    batches = [new_batch() for _ in last_modified]
+    s3 = sb.engine.client("s3")
+    for batch, t in zip(batches, last_modified):
+        key = folder(batch, day).removeprefix(f"s3://{INGEST}/") + "part-0.json.gz"
+        s3.put_object(Bucket=INGEST, Key=key, Body=b"{}")
+        s3_backends["123456789012"]["aws"].get_object(INGEST, key).last_modified = t
+    for batch, ts in zip(batches, stamps):
+        finish(sb, sb.intake(event(batch, ts, day)))
+    return batches
+
+
 # --- live: redelivery and producer retries ----------------------------------------------------
 
 FIRST = "2024-05-02T10:22:58.600Z"  # the :08 window; the grid minute :23 is 1.4 s away
@@ -296,19 +311,10 @@ def test_a_live_event_racing_a_backfill_of_the_same_new_batch_runs_it_once(flows
 def test_a_backfill_of_a_day_through_the_extractor_runs_only_the_batches_live_traffic_missed(flows, tmp_path):
     # GIVEN four batch folders of one day; three were delivered live, stamped off their LastModified by
     # -30 s, +0.4 s and across a grid minute; the fourth never arrived
-    from moto.s3.models import s3_backends
     sb, day = flows, "2024/07/09"
-    batches = [new_batch() for _ in range(4)]
-    last_modified = [dt.datetime(2024, 7, 9, 8, 10, 15), dt.datetime(2024, 7, 9, 8, 40, 2),
-                     dt.datetime(2024, 7, 9, 9, 8, 3), dt.datetime(2024, 7, 9, 9, 30, 0)]
-    stamps = ["2024-07-09T08:09:45Z", "2024-07-09T08:40:02.400Z", "2024-07-09T09:07:58Z"]
-    s3 = sb.engine.client("s3")
-    for batch, t in zip(batches, last_modified):
-        key = folder(batch, day).removeprefix(f"s3://{INGEST}/") + "part-0.json.gz"
-        s3.put_object(Bucket=INGEST, Key=key, Body=b"{}")
-        s3_backends["123456789012"]["aws"].get_object(INGEST, key).last_modified = t
-    for batch, ts in zip(batches, stamps):
-        finish(sb, sb.intake(event(batch, ts, day)))
+    batches = deliver_live(sb, day, [dt.datetime(2024, 7, 9, 8, 10, 15), dt.datetime(2024, 7, 9, 8, 40, 2),
+                                     dt.datetime(2024, 7, 9, 9, 8, 3), dt.datetime(2024, 7, 9, 9, 30, 0)],
+                           ["2024-07-09T08:09:45Z", "2024-07-09T08:40:02.400Z", "2024-07-09T09:07:58Z"])
     manifest = tmp_path / "units.jsonl"
     assert main(["extract", "--bucket", INGEST, "--from", "2024-07-09", "--to", "2024-07-09", "--quiet",
                  "--prefix", "acme/netsec", "--project", PROJECT,
@@ -342,20 +348,12 @@ def _sweep_input(sb, until: str) -> dict:
 def test_live_batches_stay_done_through_the_audit_its_heal_a_backfill_the_sweep_and_an_upgrade(flows, cli, tmp_path):
     # GIVEN a day of five batch folders; four delivered live, their events stamped off LastModified by
     # +0.4 s, the same instant spelled differently, -30 s, and across a grid minute; one never arrived
-    from moto.s3.models import s3_backends
     sb, day, date = flows, "2024/08/14", "2024-08-14"
-    batches = [new_batch() for _ in range(5)]
-    last_modified = [dt.datetime(2024, 8, 14, 1, 10, 29), dt.datetime(2024, 8, 14, 2, 10, 29),
-                     dt.datetime(2024, 8, 14, 3, 10, 15), dt.datetime(2024, 8, 14, 4, 23, 3),
-                     dt.datetime(2024, 8, 14, 5, 30)]
-    stamps = [f"{date}T01:10:29.400Z", f"{date}T02:10:29.000Z", f"{date}T03:09:45Z", f"{date}T04:22:58Z"]
+    batches = deliver_live(sb, day, [dt.datetime(2024, 8, 14, 1, 10, 29), dt.datetime(2024, 8, 14, 2, 10, 29),
+                                     dt.datetime(2024, 8, 14, 3, 10, 15), dt.datetime(2024, 8, 14, 4, 23, 3),
+                                     dt.datetime(2024, 8, 14, 5, 30)],
+                           [f"{date}T01:10:29.400Z", f"{date}T02:10:29.000Z", f"{date}T03:09:45Z", f"{date}T04:22:58Z"])
     s3 = sb.engine.client("s3")
-    for batch, t in zip(batches, last_modified):
-        key = folder(batch, day).removeprefix(f"s3://{INGEST}/") + "part-0.json.gz"
-        s3.put_object(Bucket=INGEST, Key=key, Body=b"{}")
-        s3_backends["123456789012"]["aws"].get_object(INGEST, key).last_modified = t
-    for batch, ts in zip(batches, stamps):
-        finish(sb, sb.intake(event(batch, ts, day)))
     tables = ["--lock-table", sb.table("LockTable"), "--defaults-table", sb.table("ProjectDefaultsTable")]
     audit = ["audit", "--bucket", INGEST, "--from", date, "--to", date, "--project", PROJECT, "--json", *tables]
     artifacts = sb.deployment.buckets["ArtifactsBucket"]

@@ -192,6 +192,27 @@ def test_extract_cli_names_bad_arguments(history, capsys):
     assert code == 1 and "no-such-bucket" in capsys.readouterr().err
 
 
+
+def test_extract_cli_takes_the_defaults_table_from_the_environment_and_does_not_guess_ledger_counts(
+        history, capsys, monkeypatch):
+    # GIVEN no --defaults-table on the command line
+    args = ["extract", "--bucket", BUCKET, "--from", "2024-03-01", "--to", "2024-03-01", "--output", "-"]
+    monkeypatch.delenv("MLBATCH_DEFAULTS_TABLE", raising=False)
+
+    # WHEN it is missing, then set in the environment as the stack's outputs are
+    missing = main(args)
+    missing_err = capsys.readouterr().err
+    monkeypatch.setenv("MLBATCH_DEFAULTS_TABLE", history.table("ProjectDefaultsTable"))
+    code = main(args)
+    out, err = capsys.readouterr()
+
+    # THEN the first is a usage error naming both ways, the second extracts; its summary does not claim
+    # that nothing had succeeded or would adopt a window: it read no ledger
+    assert missing == 2 and "--defaults-table or MLBATCH_DEFAULTS_TABLE" in missing_err
+    assert code == 0 and out.strip()
+    summary = json.loads(err.strip().splitlines()[-1])["summary"]
+    assert (summary["already_succeeded"], summary["will_adopt"]) == (None, None)
+
 # --- LastModified sanity: a copied bucket ---------------------------------------------------------
 
 COPIED = "history-copied"

@@ -291,6 +291,24 @@ def test_the_page_is_self_contained_and_every_line_is_a_cell_even_without_a_wind
     assert [v["batch_start_ts_iso"] for v in values if v] == ["2025-03-01T01:08:00Z"]
 
 
+def test_a_ledger_where_most_batches_adopted_their_live_window_still_makes_a_page():
+    # GIVEN an audit where every batch ran live, so every line names the window LastModified gave
+    lines = synthetic_lines(1, dt.date(2025, 3, 1), 1)[:40]
+    # (a few windows only, so the page stores the column as distinct values and an index)
+    for n, line in enumerate(lines):
+        line["window_adopted_from"] = {"lock_key": f"x#y#{n % 4}", "batch_start_ts_iso": "2025-03-01T00:08:00Z",
+                                       "batch_end_ts_iso": f"2025-03-01T00:1{n % 4}:00Z"}
+    lines[7]["window_adopted_from"] = None
+    report = Report()
+    for line in lines:
+        report.add(line)
+    # WHEN the page is made THEN it is (no crash on a column of objects) and each unit keeps its own
+    page = report.html(synthetic_summary(lines), dt.date(2025, 3, 1), dt.date(2025, 3, 1))
+    column = json.loads(re.search(r"id=units>(.*?)</script>", page).group(1))["cols"]["window_adopted_from"]
+    assert "d" in column and len(column["d"]) == 4
+    assert [None if i is None else column["d"][i] for i in column["i"]] == [line["window_adopted_from"] for line in lines]
+
+
 def test_every_audit_state_has_its_letter_and_a_state_unknown_to_the_report_is_still_drawn_and_counted():
     from mlbatch.audit import STATES
     assert set(STATES) <= set(STATE_MARKS)

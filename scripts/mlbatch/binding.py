@@ -18,7 +18,7 @@ from .failures import Failure
 from .items import from_item
 
 __all__ = ["BINDING_TYPE", "BINDING_FIELDS", "MIGRATION_BY", "kind", "is_binding", "read_bindings", "bound_window",
-           "window_rank", "BindPlan", "plan_bind", "apply_bind", "with_batches", "related"]
+           "window_rank", "BindPlan", "plan_bind", "apply_bind", "missing_bindings", "with_batches", "related"]
 
 BINDING_TYPE = "batch_binding"
 #: Every attribute of a binding item (all strings), as the contract names them.
@@ -206,11 +206,23 @@ def apply_bind(plan: BindPlan, table: str, ddb) -> None:
 
 # --- `locks list` and `locks show`: a lock's batch, a batch's lock --------------------------------------
 
-def with_batches(items: list[dict]) -> list[dict]:
+def missing_bindings(items: list[dict]) -> list[str]:
+    """The binding keys of the listed window locks whose binding is not listed itself (a listing
+    filtered by status or source leaves the bindings out): what `with_batches` needs read."""
+    listed = {i["lock_key"] for i in items if is_binding(i)}
+    keys = (binding_key(i["feature_spec_version"], i["mini_batch_s3_prefix"]) for i in items
+            if not is_binding(i) and isinstance(i.get("feature_spec_version"), str)
+            and isinstance(i.get("mini_batch_s3_prefix"), str))
+    return list(dict.fromkeys(k for k in keys if k not in listed))
+
+
+def with_batches(items: list[dict], bindings: dict[str, dict] | None = None) -> list[dict]:
     """Listed items (plain JSON) with `kind` first, and `bound`: for a binding, the window it binds
-    (`window_lock_key`); for a window lock, `yes` when a listed binding names it, `no (batch bound to
-    another window)` or `no binding`, `-` when it names no batch (no prefix or version)."""
-    bound_to = {i["lock_key"]: i.get("window_lock_key") for i in items if is_binding(i)}
+    (`window_lock_key`); for a window lock, `yes` when its batch's binding (listed, or in `bindings`:
+    binding key -> binding) names it, `no (batch bound to another window)` or `no binding`, `-` when
+    it names no batch (no prefix or version)."""
+    bound_to = {k: b.get("window_lock_key") for k, b in (bindings or {}).items()}
+    bound_to.update({i["lock_key"]: i.get("window_lock_key") for i in items if is_binding(i)})
     out = []
     for item in items:
         row = {"kind": kind(item), **item}

@@ -268,6 +268,10 @@ def cmd_extract(args) -> int:
         first, last = dates
     if not args.dry_run and not args.output:
         return _usage("extract", "--output is required (a path, '-' or s3://bucket/key)")
+    args.defaults_table = args.defaults_table or os.environ.get("MLBATCH_DEFAULTS_TABLE")
+    if not args.defaults_table:
+        return _usage("extract", "name the project-defaults table with --defaults-table or MLBATCH_DEFAULTS_TABLE "
+                      "(the stack's ProjectDefaultsTableName output)")
     progress = Progress(enabled=not args.quiet)
     try:
         ex = Extractor(args.bucket, args.defaults_table, representative=args.representative,
@@ -283,6 +287,7 @@ def cmd_extract(args) -> int:
                 if args.lock_table:
                     row["already_succeeded"], adopting = ex.ledger_plan(args.lock_table, group)
                     ex.report.already_succeeded += row["already_succeeded"]
+                    ex.report.ledger_read = True
                     if adopting:  # their batches are bound to another window: the backfill adopts it
                         row["will_adopt"] = adopting
                         ex.report.will_adopt += len(adopting)
@@ -313,7 +318,8 @@ def _extract_parser(sub) -> None:
                         "until}}, optional prefix and projects), as its SageMaker step passes it")
     p.add_argument("--prefix", help="org1/org2 (default: discover every org pair)")
     p.add_argument("--project", action="append", help="a project (repeatable; default: discover)")
-    p.add_argument("--defaults-table", required=True, help="project-defaults table (feature_spec_version)")
+    p.add_argument("--defaults-table",
+                   help="project-defaults table, for feature_spec_version (default: $MLBATCH_DEFAULTS_TABLE)")
     p.add_argument("--output", help="a path, '-' for stdout, or s3://bucket/key (checked before the listing)")
     p.add_argument("--representative", choices=["earliest", "latest"], default="earliest",
                    help="which object's LastModified stands for the batch (default earliest)")
@@ -559,7 +565,7 @@ def _locks_bind(args, table: str, ddb) -> int:
 def cmd_locks(args) -> int:
     """The lock ledger: list, show, reset a window (reset marks it FAILED; nothing is deleted), or bind
     the batches of window locks written before batch bindings."""
-    from .binding import kind, with_batches
+    from .binding import kind, missing_bindings, read_bindings, with_batches
     from .operator import apply_reset, list_locks, plan_reset, show_lock
     from .trace import ledger_table
     with _table(args, "lock") as (table, ddb):
@@ -568,7 +574,10 @@ def cmd_locks(args) -> int:
         if args.action == "list":
             locks = list_locks(table, args.project, args.status, args.window_from, args.window_to, ddb,
                                mini_batch=args.mini_batch, source=args.source)
-            locks = [row for row in with_batches(locks) if not args.kind or row["kind"] == args.kind]
+            wanted = missing_bindings(locks)  # a filtered listing: read the bindings it left out
+            bindings = {k: v for i in range(0, len(wanted), 100)
+                        for k, v in read_bindings(ddb, table, wanted[i:i + 100]).items()}
+            locks = [row for row in with_batches(locks, bindings) if not args.kind or row["kind"] == args.kind]
             if args.json:
                 for lock in locks:
                     print(json.dumps(lock))
@@ -629,7 +638,9 @@ def cmd_backfill(args) -> int:
                       file=sys.stderr)
     print(json.dumps(run, indent=None if args.json else 2))
     if "units_adopting" in run:
-        print(f"mlbatch backfill: {len(run['units_adopting'])} units adopt{'ed' if run.get('closed_at') else ''} "
+        n = len(run["units_adopting"])
+        verb = "adopted" if run.get("closed_at") else "adopts" if n == 1 else "adopt"
+        print(f"mlbatch backfill: {n} unit{'' if n == 1 else 's'} {verb} "
               f"the window their batch is bound to (units from {where}; see units_adopting)", file=sys.stderr)
     counts = {k: run.get(k, 0) for k in ("started", "suppressed", "collided", "invalid", "failed", "poisoned")}
     print(f"mlbatch backfill: {run.get('units', '?')} units: " + ", ".join(f"{v} {k}" for k, v in counts.items())

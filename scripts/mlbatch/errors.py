@@ -45,7 +45,7 @@ ERRORS: dict[str, tuple[str, str]] = {
         "or merge it upstream. The existing lock is untouched.",
     ),
     "Intake.LockWriteFailed": (
-        "Writing or reading the window lock failed for another reason than the lock being held: "
+        "Writing or reading the batch's binding or its window lock failed for another reason than the lock being held: "
         "throttling past the retries, permissions, or an existing lock item whose attributes have other "
         "types than mlbatch writes (e.g. attempts stored as a string). Nothing was started.",
         "Read the cause; check the item (mlbatch locks show LOCK_KEY) and the table, fix, then replay.",

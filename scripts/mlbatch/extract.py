@@ -90,6 +90,7 @@ class Report:
     api_calls: Counter = field(default_factory=Counter)     # API -> calls
     already_succeeded: int = 0
     will_adopt: int = 0                                     # units whose batch is bound to another window
+    ledger_read: bool = False                               # the two above were counted (a lock table was read)
     timestamp_suspect: int = 0                              # units whose LastModified is outside the folder's date
     suspect_examples: list = field(default_factory=list)    # the first few, for messages
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
@@ -101,7 +102,9 @@ class Report:
     def as_dict(self) -> dict[str, Any]:
         return {"folders": self.folders, "units": self.units, "skipped": dict(self.skipped),
                 "stray_keys": dict(self.stray_keys), "api_calls": dict(self.api_calls),
-                "already_succeeded": self.already_succeeded, "will_adopt": self.will_adopt,
+                # the ledger is read only by `--dry-run --lock-table`: unknown (None) otherwise, never 0
+                "already_succeeded": self.already_succeeded if self.ledger_read else None,
+                "will_adopt": self.will_adopt if self.ledger_read else None,
                 "timestamp_suspect": self.timestamp_suspect}
 
 

@@ -306,13 +306,18 @@ class Report:
             if present * 4 < len(values):
                 cols[name] = {"m": {str(i): v for i, v in enumerate(values) if v is not None}}
                 continue
-            keys = [tuple(v) if isinstance(v, list) else v for v in values]
+            # a hashable key per value: lists as tuples, objects (window_adopted_from) by their JSON text
+            keys = [tuple(v) if isinstance(v, list) else json.dumps(v, sort_keys=True) if isinstance(v, dict)
+                    else v for v in values]
             distinct: dict[Any, int] = {}
-            for k in keys:
+            first: dict[Any, Any] = {}
+            for k, v in zip(keys, values):
                 if k is not None and len(distinct) * 8 <= len(keys):
                     distinct.setdefault(k, len(distinct))
+                    first.setdefault(k, v)
             if len(distinct) * 8 <= len(keys):
-                cols[name] = {"d": list(distinct), "i": [None if k is None else distinct[k] for k in keys]}
+                cols[name] = {"d": [first[k] for k in distinct],
+                              "i": [None if k is None else distinct[k] for k in keys]}
                 continue
             sep = _STEMMED.get(name)
             if sep is None:
