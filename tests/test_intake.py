@@ -107,6 +107,19 @@ def test_intake_every_input_shape_resolves_to_the_same_batch(stack, shape):
     assert result.output["lock_key"] == LOCK_KEY
 
 
+def test_intake_live_pipes_path_stays_within_its_budget(stack):
+    # GIVEN what EventBridge Pipes delivers from SQS (SNS raw message delivery): the live path
+    # WHEN it runs
+    result = stack.intake(load_event("pipes_batch"))
+
+    # THEN at most 11 state transitions and 4 service calls, the batch binding included
+    events = stack.engine.history(result.arn)
+    entered = [name for name, kind in path(events) if kind.endswith("Entered")]
+    assert result.output["status"] == "STARTED"
+    assert len(entered) <= 11 and "Bind the batch to its window" in entered
+    assert len(service_calls(events)) <= 4
+
+
 def test_intake_bare_key_takes_the_ingestion_bucket(stack, event):
     event["s3_key"] = event["s3_key"].removeprefix("s3://mlbatch-example-ingest/")
     result = stack.intake(event)

@@ -908,7 +908,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--only", action="append", choices=["intake", "pipeline", "backfill", "extractor"],
                    help="run only this part (repeatable)")
     p.add_argument("--baseline", metavar="GIT_REF",
-                   help="also run each intake and pipeline path once on the state machines committed at this "
+                   help="also run each intake, pipeline and backfill path once on the state machines committed at this "
                         "ref, and show their transitions and service calls beside today's")
     p.set_defaults(func=cmd_bench)
     p = sub.add_parser("local", help=_summary(cmd_local), description=_doc(cmd_local),
