@@ -348,6 +348,36 @@ def test_a_year_of_one_project_stays_small_and_opens_fast(chromium, tmp_path):
     assert chromium.js("document.activeElement.closest('tr').querySelector('th').textContent").startswith("2025-12-31")
 
 
+@pytest.mark.parametrize("width", [1600, 1366])
+def test_on_a_laptop_screen_neither_the_last_hour_nor_the_gaps_are_cut_off_or_covered(chromium, tmp_path, width):
+    # GIVEN a day of one project, its last window and its gaps column filled
+    lines = synthetic_lines(1, dt.date(2025, 3, 1), 1)
+    report = Report(context={"bucket": "acme-ingest"})
+    for line in lines:
+        report.add(line)
+    path = tmp_path / "day.html"
+    report.write(str(path), synthetic_summary(lines), dt.date(2025, 3, 1), dt.date(2025, 3, 1))
+    # WHEN opened in a window narrower than the grid and the panel side by side
+    chromium.page("Emulation.setDeviceMetricsOverride", width=width, height=900, deviceScaleFactor=1, mobile=False)
+    try:
+        chromium.open(path)
+        # (scrolled fully right: the page may scroll sideways, nothing may lie under the panel)
+        chromium.js("window.scrollTo(document.documentElement.scrollWidth, 0)")
+        chromium.js("new Promise(done => requestAnimationFrame(() => requestAnimationFrame(done)))")  # laid out
+        hidden = chromium.js("""(() => {
+          const row = document.querySelector('table.g tr.d'), panel = document.getElementById('details');
+          return [row.lastElementChild, row.lastElementChild.previousElementSibling, panel].map(e => {
+            const r = e.getBoundingClientRect(), x = Math.min(r.x + r.width / 2, innerWidth - 1);
+            const top = document.elementFromPoint(x, r.y + r.height / 2);
+            return e.contains(top) ? null : e.tagName + '.' + e.className + ' under ' + top.tagName + '#' + top.id;
+          }).filter(Boolean); })()""")
+    finally:
+        chromium.page("Emulation.clearDeviceMetricsOverride")
+    # THEN the day's gaps count, its last window and the details panel are each what shows where they are
+    # (the grid's box once clipped the last hour and the gaps below 1,680 px; the page now scrolls sideways)
+    assert hidden == []
+
+
 @pytest.mark.parametrize("target, message", [
     ("s3://bucket/audit.html", "--html writes a local file"),
     ("{file}/audit.html", "--html {file}/audit.html"),

@@ -352,7 +352,7 @@ class Report:
 _CSS = """
 :root{--cell:11px;--row:14px;font:13px/1.35 system-ui,-apple-system,"Segoe UI",Roboto,"DejaVu Sans",sans-serif;
 color:#1d232a;background:#fff}
-body{margin:0;display:grid;grid-template-columns:minmax(0,1fr) 360px;align-items:start}
+body{margin:0;display:grid;grid-template-columns:minmax(min-content,1fr) minmax(240px,360px);align-items:start}
 main{padding:12px 16px;min-width:0}
 header h1{font-size:18px;margin:0 0 2px}
 .meta{margin:0 0 8px;color:#4a5561}
