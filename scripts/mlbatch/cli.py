@@ -363,6 +363,7 @@ def cmd_audit(args) -> int:
     if args.html:  # the picture of the same lines (docs/audit-report.md)
         from .report import Report
         report = Report(context={"bucket": args.bucket, "lock_table": args.lock_table,
+                                 "artifacts_bucket": os.environ.get("MLBATCH_ARTIFACTS_BUCKET"),
                                  "audited_at": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")})
 
     def warn(msg: str) -> None:

@@ -76,8 +76,13 @@ def fix_templates(line: dict, context: dict) -> tuple[str, ...]:
     state = line.get("state")
     table = f" --table {_q(context['lock_table'])}" if context.get("lock_table") else ""
     show = f"mlbatch locks show {{key}}{table}" if line.get("lock_key") else None
+    # Runs as printed: the artifacts bucket the audit knew ($MLBATCH_ARTIFACTS_BUCKET), else that variable,
+    # which the shell refuses to expand empty (no `<placeholder>`: the shell reads `<` as a redirection).
+    artifacts = (_q(context["artifacts_bucket"]) if context.get("artifacts_bucket") else
+                 "${MLBATCH_ARTIFACTS_BUCKET:?export the stack ArtifactsBucketName output}")
+    heal_table = f" --lock-table {_q(context['lock_table'])}" if context.get("lock_table") else ""
     heal = (f"mlbatch audit --bucket {_q(context.get('bucket') or '<bucket>')} --from {{day}} --to {{day}} "
-            "--project {project} --manifest s3://<ArtifactsBucketName>/backfill/heal-{day}.jsonl   "
+            f"--project {{project}}{heal_table} --manifest s3://{artifacts}/backfill/heal-{{day}}.jsonl   "
             "# the heal; then start the backfill with that manifest")
     out: list[str | None] = []
     if state in ("SUCCEEDED", "IN_PROGRESS"):
