@@ -597,8 +597,8 @@ def cmd_locks(args) -> int:
                               "(`mlbatch locks show` on it names it as window_lock_key)")
             plan = plan_reset(table, args.lock_key, args.reason, args.in_progress_ok, ddb)
             if plan.owner:
-                print(f"mlbatch locks: {args.lock_key} is IN_PROGRESS; its pipeline execution "
-                      f"{plan.owner['pipeline_execution_arn']} is {plan.owner['status']}", file=sys.stderr)
+                from .operator import owner_phrase
+                print(f"mlbatch locks: {args.lock_key} is IN_PROGRESS; {owner_phrase(plan.owner)}", file=sys.stderr)
             if args.dry_run:
                 print(json.dumps(plan.after))
                 print(f"dry run: nothing was written to {table}; the lock above is what the reset would write",
