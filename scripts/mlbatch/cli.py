@@ -7,6 +7,7 @@ import datetime as dt
 import json
 import os
 import re
+import shlex
 import sys
 
 __all__ = ["main"]
@@ -428,6 +429,12 @@ def cmd_audit(args) -> int:
                          if args.manifest.startswith("s3://") else
                          '{"manifest": {"bucket": "<ArtifactsBucketName>", "key": "<key>"}} after uploading it')
                 print(f"mlbatch audit: heal: start the backfill state machine with {where}", file=sys.stderr)
+                if args.manifest.startswith("s3://"):  # the same, as a command that runs as printed
+                    arn = os.environ.get("MLBATCH_BACKFILL_ARN")
+                    machine = (shlex.quote(arn) if arn else
+                               "${MLBATCH_BACKFILL_ARN:?export the stack BackfillStateMachineArn output}")
+                    print(f"mlbatch audit: heal: aws stepfunctions start-execution --state-machine-arn {machine} "
+                          f"--input {shlex.quote(where)}", file=sys.stderr)
     elif summary["healable"]:
         print(f"mlbatch audit: {summary['healable']} units can be healed: add --manifest FILE|s3://bucket/key",
               file=sys.stderr)
