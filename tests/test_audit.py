@@ -4,6 +4,8 @@ from __future__ import annotations
 import datetime as dt
 import io
 import json
+import os
+import subprocess
 
 import boto3
 import pytest
@@ -317,6 +319,35 @@ def test_audit_cli_heals_into_an_s3_manifest_and_names_the_backfill_input(ledger
     assert sorted(json.loads(line)["mini_batch_id"] for line in body.splitlines()) == sorted(HEALABLE)
     err = capsys.readouterr().err
     assert f'{{"manifest": {{"bucket": "{bucket}", "key": "backfill/heal.jsonl"}}}}' in err
+
+
+@pytest.mark.parametrize("backfill_arn", ["arn:aws:states:us-east-1:123456789012:stateMachine:mlbatch-backfill", None])
+def test_audit_cli_heal_prints_the_backfill_start_as_a_command_that_runs_as_pasted(ledger, capsys, monkeypatch,
+                                                                                   backfill_arn):
+    # GIVEN an operator shell with (or without) the stack's backfill ARN exported
+    if backfill_arn:
+        monkeypatch.setenv("MLBATCH_BACKFILL_ARN", backfill_arn)
+    else:
+        monkeypatch.delenv("MLBATCH_BACKFILL_ARN", raising=False)
+    bucket = ledger["sb"].deployment.buckets["ArtifactsBucket"]
+    # WHEN the audit heals into an S3 manifest
+    cli(ledger, "--manifest", f"s3://{bucket}/backfill/heal.jsonl")
+    line = next(x for x in capsys.readouterr().err.splitlines() if "heal: aws stepfunctions" in x)
+    command = line.split("heal: ", 1)[1]
+    # AND that command is pasted into a shell (aws replaced by a printer of its arguments)
+    env = {"PATH": os.environ["PATH"], **({"MLBATCH_BACKFILL_ARN": backfill_arn} if backfill_arn else {})}
+    shell = subprocess.run(["bash", "-c", "printf '%s\\n' " + command.removeprefix("aws ")], text=True,
+                           capture_output=True, env=env, timeout=30)
+    # THEN it starts the backfill on that manifest, or the shell names the missing output in one line
+    if backfill_arn:
+        args = shell.stdout.splitlines()
+        assert args[:2] == ["stepfunctions", "start-execution"]
+        assert args[args.index("--state-machine-arn") + 1] == backfill_arn
+        manifest = {"bucket": bucket, "key": "backfill/heal.jsonl"}
+        assert json.loads(args[args.index("--input") + 1]) == {"manifest": manifest}
+    else:
+        assert shell.returncode != 0 and "BackfillStateMachineArn" in shell.stderr
+        assert len(shell.stderr.splitlines()) == 1
 
 
 def test_audit_cli_dry_run_says_so_and_writes_no_manifest(ledger, capsys, tmp_path):

@@ -156,6 +156,26 @@ def test_the_alarm_widget_shows_exactly_the_alarms_this_deployment_creates(deplo
     assert (tpl.arn("SweepFailuresAlarm") in alarms) == tpl.condition("HasSweep")
 
 
+def test_every_state_machine_that_fails_timed_out_or_aborted_raises_an_alarm():
+    # GIVEN the deployed stack's state machines (lock_release included: when it fails, a window stays
+    # IN_PROGRESS and every redelivery of its batch is suppressed until an audit heals it)
+    tpl = deployed("defaults")
+    machines = {tpl.arn(m) for m in tpl.resources("AWS::Serverless::StateMachine")} or \
+        {tpl.arn(m) for m in tpl.resources("AWS::StepFunctions::StateMachine")}
+    # WHEN the alarms' metrics are read
+    watched: dict[str, set[str]] = {}
+    for alarm in tpl.resources("AWS::CloudWatch::Alarm").values():
+        for query in alarm["Properties"].get("Metrics", []):
+            metric = query.get("MetricStat", {}).get("Metric", {})
+            for dim in metric.get("Dimensions", []):
+                if metric.get("Namespace") == "AWS/States" and dim["Name"] == "StateMachineArn":
+                    watched.setdefault(tpl.resolve(dim["Value"]), set()).add(metric["MetricName"])
+    # THEN each machine's failed, timed-out and aborted executions alarm
+    assert len(machines) == 4
+    for machine in machines:
+        assert {"ExecutionsFailed", "ExecutionsTimedOut", "ExecutionsAborted"} <= watched.get(machine, set()), machine
+
+
 def test_the_dashboard_answers_the_operators_questions():
     """Intake started/succeeded/failed per hour; pipeline successes, failures, timeouts and duration;
     lock_release runs; backfill units by outcome; the queue's age and depth and the DLQ; the pipe's

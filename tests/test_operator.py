@@ -302,6 +302,22 @@ def test_replay_of_a_pipeline_names_the_intake_execution_owning_its_window(ops, 
 
 # --- refusals and throttling ------------------------------------------------------------------
 
+def test_locks_reset_of_an_in_progress_lock_naming_no_pipeline_says_so_in_words(ops, cli):
+    # GIVEN an IN_PROGRESS lock without a pipeline_execution_arn (the audit calls it STUCK, status UNKNOWN)
+    intake = ops.intake(load_event("live_event"))
+    finish(ops, intake)
+    lock = {k: v for k, v in ops.lock(LOCK_KEY).items() if k != "pipeline_execution_arn"}
+    ops.set_lock({**lock, "status": "IN_PROGRESS"})
+    # WHEN reset without and then with --in-progress-ok (the command the audit report suggests)
+    refused = cli("locks", "reset", LOCK_KEY, "--reason", "stuck")
+    done = cli("locks", "reset", LOCK_KEY, "--reason", "stuck", "--in-progress-ok")
+    # THEN both say the lock names no pipeline execution, never "execution None", each in one line
+    for code, _, err in (refused, done):
+        assert "names no pipeline execution" in err and "None" not in err, err
+    assert refused[0] == 1 and len(refused[2].splitlines()) == 1 and "--in-progress-ok" in refused[2]
+    assert done[0] == 0 and ops.lock(LOCK_KEY)["status"] == "FAILED"
+
+
 def test_locks_reset_refuses_an_in_progress_lock_whose_pipeline_is_still_running(ops, cli):
     # GIVEN an IN_PROGRESS lock whose pipeline execution is still running
     machine = ops.engine.create_machine("reset-running-pipeline", {

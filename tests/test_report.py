@@ -10,6 +10,7 @@ import io
 import json
 import os
 import re
+import subprocess
 from collections import Counter
 from html.parser import HTMLParser
 
@@ -195,8 +196,8 @@ def test_a_cells_details_are_its_lock_and_the_command_that_fixes_it(audited, chr
         assert f"mlbatch locks show '{lock['lock_key']}'" in details["fix"][0] or line["state"] == "STUCK"
     failed = shown["mb-failed"]
     assert failed["cause"] == "builder exited 1: <b>not markup</b> & 'quoted'"  # shown as text, not markup
-    assert any(f"--bucket {BUCKET} --from 2024-07-02 --to 2024-07-02 --project {PROJECT} --manifest" in c
-               for c in shown["mb-missing"]["fix"])
+    assert any(f"--bucket {BUCKET} --from 2024-07-02 --to 2024-07-02 --project {PROJECT} "
+               f"--lock-table {sandbox.table('LockTable')} --manifest" in c for c in shown["mb-missing"]["fix"])
     assert any("mlbatch replay arn:aws:states:us-east-1:123456789012:execution:mlbatch-Pipeline:run-7 --dry-run" in c
                for c in shown["mb-poisoned"]["fix"])
     assert any("--max-attempts 4" in c for c in shown["mb-poisoned"]["fix"])
@@ -346,6 +347,58 @@ def test_a_year_of_one_project_stays_small_and_opens_fast(chromium, tmp_path):
     for _ in range(60):
         chromium.key("PageDown")
     assert chromium.js("document.activeElement.closest('tr').querySelector('th').textContent").startswith("2025-12-31")
+
+
+@pytest.mark.parametrize("artifacts_bucket, env, expected", [
+    ("heal-bkt", {}, "s3://heal-bkt/backfill/heal-2025-03-01.jsonl"),
+    (None, {"MLBATCH_ARTIFACTS_BUCKET": "env-bkt"}, "s3://env-bkt/backfill/heal-2025-03-01.jsonl"),
+    (None, {}, None),
+])
+def test_the_heal_command_a_cell_shows_runs_as_pasted_into_a_shell(artifacts_bucket, env, expected):
+    # GIVEN a MISSING unit's heal command, from an audit that knew the artifacts bucket or did not
+    line = next(line for line in synthetic_lines(1, dt.date(2025, 3, 1), 1) if line["state"] == "MISSING")
+    heal = next(c for c in fix_commands(line, {"bucket": "acme-ingest", "artifacts_bucket": artifacts_bucket})
+                if c.startswith("mlbatch audit"))
+    # WHEN pasted into a shell (mlbatch replaced by a printer of its arguments)
+    shell = subprocess.run(["bash", "-c", "printf '%s\\n' " + heal.removeprefix("mlbatch ")], text=True,
+                           capture_output=True, env={"PATH": os.environ["PATH"], **env}, timeout=30)
+    # THEN the manifest is the artifacts bucket's heal file, or the shell refuses with one line naming the output
+    if expected:
+        args = shell.stdout.splitlines()
+        assert shell.returncode == 0 and args[args.index("--manifest") + 1] == expected, shell.stderr
+    else:
+        assert shell.returncode != 0 and shell.stdout == ""
+        assert "ArtifactsBucketName" in shell.stderr and len(shell.stderr.splitlines()) == 1
+
+
+@pytest.mark.parametrize("width", [1600, 1366])
+def test_on_a_laptop_screen_neither_the_last_hour_nor_the_gaps_are_cut_off_or_covered(chromium, tmp_path, width):
+    # GIVEN a day of one project, its last window and its gaps column filled
+    lines = synthetic_lines(1, dt.date(2025, 3, 1), 1)
+    report = Report(context={"bucket": "acme-ingest"})
+    for line in lines:
+        report.add(line)
+    path = tmp_path / "day.html"
+    report.write(str(path), synthetic_summary(lines), dt.date(2025, 3, 1), dt.date(2025, 3, 1))
+    # WHEN opened in a window narrower than the grid and the panel side by side
+    chromium.page("Emulation.setDeviceMetricsOverride", width=width, height=900, deviceScaleFactor=1, mobile=False)
+    try:
+        chromium.open(path)
+        # (scrolled fully right: the page may scroll sideways, nothing may lie under the panel)
+        chromium.js("window.scrollTo(document.documentElement.scrollWidth, 0)")
+        chromium.js("new Promise(done => requestAnimationFrame(() => requestAnimationFrame(done)))")  # laid out
+        hidden = chromium.js("""(() => {
+          const row = document.querySelector('table.g tr.d'), panel = document.getElementById('details');
+          return [row.lastElementChild, row.lastElementChild.previousElementSibling, panel].map(e => {
+            const r = e.getBoundingClientRect(), x = Math.min(r.x + r.width / 2, innerWidth - 1);
+            const top = document.elementFromPoint(x, r.y + r.height / 2);
+            return e.contains(top) ? null : e.tagName + '.' + e.className + ' under ' + top.tagName + '#' + top.id;
+          }).filter(Boolean); })()""")
+    finally:
+        chromium.page("Emulation.clearDeviceMetricsOverride")
+    # THEN the day's gaps count, its last window and the details panel are each what shows where they are
+    # (the grid's box once clipped the last hour and the gaps below 1,680 px; the page now scrolls sideways)
+    assert hidden == []
 
 
 @pytest.mark.parametrize("target, message", [

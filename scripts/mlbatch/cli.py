@@ -7,6 +7,7 @@ import datetime as dt
 import json
 import os
 import re
+import shlex
 import sys
 
 __all__ = ["main"]
@@ -363,6 +364,7 @@ def cmd_audit(args) -> int:
     if args.html:  # the picture of the same lines (docs/audit-report.md)
         from .report import Report
         report = Report(context={"bucket": args.bucket, "lock_table": args.lock_table,
+                                 "artifacts_bucket": os.environ.get("MLBATCH_ARTIFACTS_BUCKET"),
                                  "audited_at": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")})
 
     def warn(msg: str) -> None:
@@ -427,6 +429,12 @@ def cmd_audit(args) -> int:
                          if args.manifest.startswith("s3://") else
                          '{"manifest": {"bucket": "<ArtifactsBucketName>", "key": "<key>"}} after uploading it')
                 print(f"mlbatch audit: heal: start the backfill state machine with {where}", file=sys.stderr)
+                if args.manifest.startswith("s3://"):  # the same, as a command that runs as printed
+                    arn = os.environ.get("MLBATCH_BACKFILL_ARN")
+                    machine = (shlex.quote(arn) if arn else
+                               "${MLBATCH_BACKFILL_ARN:?export the stack BackfillStateMachineArn output}")
+                    print(f"mlbatch audit: heal: aws stepfunctions start-execution --state-machine-arn {machine} "
+                          f"--input {shlex.quote(where)}", file=sys.stderr)
     elif summary["healable"]:
         print(f"mlbatch audit: {summary['healable']} units can be healed: add --manifest FILE|s3://bucket/key",
               file=sys.stderr)
@@ -596,8 +604,8 @@ def cmd_locks(args) -> int:
                               "(`mlbatch locks show` on it names it as window_lock_key)")
             plan = plan_reset(table, args.lock_key, args.reason, args.in_progress_ok, ddb)
             if plan.owner:
-                print(f"mlbatch locks: {args.lock_key} is IN_PROGRESS; its pipeline execution "
-                      f"{plan.owner['pipeline_execution_arn']} is {plan.owner['status']}", file=sys.stderr)
+                from .operator import owner_phrase
+                print(f"mlbatch locks: {args.lock_key} is IN_PROGRESS; {owner_phrase(plan.owner)}", file=sys.stderr)
             if args.dry_run:
                 print(json.dumps(plan.after))
                 print(f"dry run: nothing was written to {table}; the lock above is what the reset would write",

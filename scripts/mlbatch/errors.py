@@ -48,7 +48,8 @@ ERRORS: dict[str, tuple[str, str]] = {
         "Writing or reading the batch's binding or its window lock failed for another reason than the lock being held: "
         "throttling past the retries, permissions, or an existing lock item whose attributes have other "
         "types than mlbatch writes (e.g. attempts stored as a string). Nothing was started.",
-        "Read the cause; check the item (mlbatch locks show LOCK_KEY) and the table, fix, then replay.",
+        "Read the cause; check the item it names (`mlbatch locks show KEY`: a window lock, or the binding "
+        "`batch#<feature_spec_version>#<folder>/`) and the table, fix, then `mlbatch replay INTAKE_ARN`.",
     ),
     "Intake.PipelineStartFailed": (
         "The lock was taken but starting the pipeline failed; the lock was released "
@@ -75,8 +76,9 @@ ERRORS: dict[str, tuple[str, str]] = {
     "Pipeline.LockUpdateFailed": (
         "The pipeline's final lock write (SUCCEEDED or FAILED) failed after its retries (throttling, "
         "permissions): the lock is still IN_PROGRESS. The cause names the build's outcome and the write's error.",
-        "Wait for lock_release (this execution's status-change event marks the lock FAILED), or run "
-        "`mlbatch audit --manifest` after --stuck-after; then replay the window.",
+        "Fix the cause; lock_release (this execution's status-change event) marks the lock FAILED within "
+        "a minute (`mlbatch locks show LOCK_KEY`; if it stays IN_PROGRESS, `mlbatch audit --manifest` releases it "
+        "after --stuck-after). Then replay the intake execution `mlbatch replay PIPELINE_ARN --dry-run` names.",
     ),
     "Backfill.InvalidInput": (
         "The backfill input is none of {from, to[, prefix][, projects]}, {manifest: {bucket, key}} "
@@ -112,8 +114,8 @@ ERRORS: dict[str, tuple[str, str]] = {
     "LockRelease.LockUpdateFailed": (
         "lock_release could not mark the ended pipeline's lock FAILED (its write failed after retries): "
         "the lock is still IN_PROGRESS. The cause names the write's error.",
-        "Redrive the lock_release execution or replay the status-change event; or `mlbatch audit --manifest` "
-        "releases it after --stuck-after.",
+        "Fix the cause, then `mlbatch replay LOCK_RELEASE_ARN` (the same status-change event again; on AWS "
+        "`--redrive` also works); or `mlbatch audit --manifest` releases the lock after --stuck-after.",
     ),
     "LockRelease.InvalidEvent": (
         "lock_release was started with something other than a Step Functions Execution Status "

@@ -84,6 +84,13 @@ def pipeline_status(lock: dict, sfn=None) -> dict:
         return {"pipeline_execution_arn": arn, "status": "not found (in this account and region)"}
 
 
+def owner_phrase(owner: dict) -> str:
+    """'its pipeline execution ARN is STATUS', or that the lock names none (never 'execution None')."""
+    if not owner.get("pipeline_execution_arn"):
+        return "the lock names no pipeline execution, so nothing tells whether a run is alive"
+    return f"its pipeline execution {owner['pipeline_execution_arn']} is {owner['status']}"
+
+
 @dataclass
 class ResetPlan:
     """What `locks reset` would write: the lock now and after, and (IN_PROGRESS) its pipeline."""
@@ -110,8 +117,7 @@ def plan_reset(table: str, lock_key: str, reason: str, in_progress_ok: bool = Fa
         if not in_progress_ok:
             running = owner["status"] == "RUNNING"
             raise OperatorError(
-                f"lock {lock_key!r} is IN_PROGRESS: its pipeline execution {owner['pipeline_execution_arn']} is "
-                f"{owner['status']}. "
+                f"lock {lock_key!r} is IN_PROGRESS: {owner_phrase(owner)}. "
                 + ("Resetting it would let a second run of the window start beside it: stop that execution "
                    "first (aws stepfunctions stop-execution), or wait for it. " if running else "")
                 + "To reset it anyway, add --in-progress-ok")

@@ -76,8 +76,13 @@ def fix_templates(line: dict, context: dict) -> tuple[str, ...]:
     state = line.get("state")
     table = f" --table {_q(context['lock_table'])}" if context.get("lock_table") else ""
     show = f"mlbatch locks show {{key}}{table}" if line.get("lock_key") else None
+    # Runs as printed: the artifacts bucket the audit knew ($MLBATCH_ARTIFACTS_BUCKET), else that variable,
+    # which the shell refuses to expand empty (no `<placeholder>`: the shell reads `<` as a redirection).
+    artifacts = (_q(context["artifacts_bucket"]) if context.get("artifacts_bucket") else
+                 "${MLBATCH_ARTIFACTS_BUCKET:?export the stack ArtifactsBucketName output}")
+    heal_table = f" --lock-table {_q(context['lock_table'])}" if context.get("lock_table") else ""
     heal = (f"mlbatch audit --bucket {_q(context.get('bucket') or '<bucket>')} --from {{day}} --to {{day}} "
-            "--project {project} --manifest s3://<ArtifactsBucketName>/backfill/heal-{day}.jsonl   "
+            f"--project {{project}}{heal_table} --manifest s3://{artifacts}/backfill/heal-{{day}}.jsonl   "
             "# the heal; then start the backfill with that manifest")
     out: list[str | None] = []
     if state in ("SUCCEEDED", "IN_PROGRESS"):
@@ -352,7 +357,7 @@ class Report:
 _CSS = """
 :root{--cell:11px;--row:14px;font:13px/1.35 system-ui,-apple-system,"Segoe UI",Roboto,"DejaVu Sans",sans-serif;
 color:#1d232a;background:#fff}
-body{margin:0;display:grid;grid-template-columns:minmax(0,1fr) 360px;align-items:start}
+body{margin:0;display:grid;grid-template-columns:minmax(min-content,1fr) minmax(240px,360px);align-items:start}
 main{padding:12px 16px;min-width:0}
 header h1{font-size:18px;margin:0 0 2px}
 .meta{margin:0 0 8px;color:#4a5561}
