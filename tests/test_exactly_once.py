@@ -499,3 +499,21 @@ def test_a_console_replay_of_a_finished_pipeline_execution_runs_no_builder_again
     assert replay.status == "FAILED"
     assert _builders_run(sb, replay.arn) == []
     assert sb.lock(live.output["lock_key"])["status"] == "SUCCEEDED"
+
+
+def test_a_forced_event_of_another_batch_stamped_a_done_windows_instant_collides_and_takes_nothing_over(intake_only):
+    # GIVEN batch A done in the window of its timestamp
+    sb, a, b = intake_only, new_batch(), new_batch()
+    first = sb.intake(event(a, FIRST))
+    sb.set_lock({**sb.lock(first.output["lock_key"]), "status": "SUCCEEDED"})
+
+    # WHEN an operator forces batch B, whose event is stamped that very instant
+    forced = sb.intake(event(b, FIRST, force=True, reason="re-run B after fix 7"))
+
+    # THEN B collides: A's record and binding stay, so A's redelivery is still a duplicate of its own run
+    assert (forced.status, forced.error) == ("FAILED", "Intake.WindowCollision"), forced.output
+    lock = sb.lock(first.output["lock_key"])
+    assert (lock["status"], lock["mini_batch_id"], lock["attempts"]) == ("SUCCEEDED", a, 1)
+    assert sb.binding(FSV, folder(b)) is None
+    assert sb.intake(event(a, FIRST)).output["status"] == "DUPLICATE_SUPPRESSED"
+    assert sb.runs.per_folder() == {folder(a): 1}
