@@ -215,7 +215,8 @@ def test_backfill_counts_every_unit_exactly_once_whatever_it_meets(live, backfil
     _raw_lock(live, units[3], {"status": {"S": "SUCCEEDED"}})               # written before mlbatch
     _raw_lock(live, units[4], {})                                           # only a key
     _raw_lock(live, units[5], {"status": {"S": "IN_PROGRESS"}, "mini_batch_id": {"S": "mb-someone-else"}})
-    _raw_lock(live, units[6], {"status": {"S": "FAILED"}, "attempts": {"N": "3"}, "mini_batch_id": {"S": "x"}})
+    _raw_lock(live, units[6], {"status": {"S": "FAILED"}, "attempts": {"N": "3"},
+                               "mini_batch_id": {"S": units[6]["mini_batch_id"]}})      # failed 3 times
     units[7] = {k: v for k, v in units[7].items() if k != "org2"}          # incomplete
     units[8]["mini_batch_s3_prefix"] = units[8]["mini_batch_s3_prefix"].replace("mlbatch-example-ingest", "elsewhere")
     units[9]["mini_batch_s3_prefix"] = units[9]["mini_batch_s3_prefix"].replace("/netsec/", "/other-org/")

@@ -378,3 +378,23 @@ def test_defaults_put_throttled_past_its_budget_names_what_it_wrote(ops, cli, th
     assert "PutItem failed: ProvisionedThroughputExceededException" in err and "(2 attempts, standard mode)" in err
     assert "written before it: put-first (1 of 2); putting the same files again is safe" in err
     assert throttle.calls["PutItem"] == 1 + 2
+
+
+def test_redriving_a_failed_pipeline_whose_lock_was_released_is_refused_before_it_runs_the_builders_again(ops, cli):
+    # GIVEN a pipeline run whose build failed: it marked its window's lock FAILED (the next delivery re-runs it)
+    ops.use_intake("pipeline", "DeltaBuilderFails")
+    intake = ops.intake(load_event("live_event"))
+    finish(ops, intake)
+    pipeline = intake.output["pipeline_execution_arn"]
+    assert ops.lock(LOCK_KEY)["status"] == "FAILED"
+
+    # WHEN an operator follows the replay advice and redrives that pipeline execution
+    _, _, advice = cli("replay", pipeline, "--dry-run")
+    code, out, err = cli("replay", pipeline, "--redrive")
+
+    # THEN replay refuses (a redriven run would build the batch a second time beside the window's next run)
+    # and names the intake execution to replay instead
+    assert "which keeps the lock" not in advice
+    assert (code, out) == (1, "") and "Traceback" not in err
+    assert "not redriving" in err and "is FAILED" in err and "LockLost" in err
+    assert f"mlbatch replay {intake.arn}" in err

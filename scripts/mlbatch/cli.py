@@ -660,11 +660,14 @@ def cmd_backfill(args) -> int:
 def cmd_replay(args) -> int:
     """Start an execution again with its own input (a traceable `<name>-replay-<n>`), or redrive it."""
     from .failures import Failure
-    from .operator import plan_replay, redrive, start_replay
+    from .operator import plan_replay, redrive, redrive_refusal, start_replay
+    lock_table = args.table or os.environ.get("MLBATCH_LOCK_TABLE")
     if args.redrive:
+        refusal = redrive_refusal(args.execution_arn, lock_table)
+        if refusal:
+            raise Failure(f"not redriving: {refusal}")
         print(json.dumps({"redriven": redrive(args.execution_arn)}))
         return 0
-    lock_table = args.table or os.environ.get("MLBATCH_LOCK_TABLE")
     plan = plan_replay(args.execution_arn, args.force, args.reason, lock_table=lock_table)
     if plan.get("advice"):
         print(f"mlbatch replay: {plan['advice']}", file=sys.stderr)

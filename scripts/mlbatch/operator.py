@@ -14,7 +14,7 @@ from .defaults import problems
 from .items import from_item, to_item
 
 __all__ = ["backfill_run", "backfill_runs", "complete_backfill_run", "OperatorError", "list_locks", "show_lock", "ResetPlan", "plan_reset", "apply_reset", "reset_lock",
-           "pipeline_status", "replay_name", "plan_replay", "start_replay", "redrive", "put_defaults"]
+           "pipeline_status", "replay_name", "plan_replay", "start_replay", "redrive", "redrive_refusal", "put_defaults"]
 
 
 class OperatorError(Failure):
@@ -267,9 +267,42 @@ def plan_replay(execution_arn: str, force: bool = False, reason: str | None = No
                           "the builders and then fail with Pipeline.LockLost. Replay the intake execution that "
                           "started it (its input is the batch event); a FAILED window is re-acquired. "
                           + _window_owner(payload, execution_arn, lock_table, ddb)
-                          + (" --redrive re-runs this very execution from its failed state, which keeps the lock."
+                          + (" --redrive re-runs this very execution from its failed state: only while the lock is "
+                             "still IN_PROGRESS and names it (replay checks)."
                              if ex["status"] in ("FAILED", "TIMED_OUT", "ABORTED") else ""))
     return plan
+
+
+def redrive_refusal(execution_arn: str, lock_table: str | None, sfn=None, ddb=None) -> str | None:
+    """Why redriving this execution would run a second pipeline of its batch, or None. A pipeline that
+    ended unsuccessfully has almost always lost its lock (its own Catch or lock_release marked it
+    FAILED): a redriven run would run the builders again and end Pipeline.LockLost, while the next
+    delivery, heal or sweep re-acquires the FAILED window beside it. Only a pipeline whose lock is
+    still IN_PROGRESS and names it (its final write failed and nothing released it) may be redriven."""
+    sfn = sfn or aws_client("stepfunctions")
+    try:
+        ex = sfn.describe_execution(executionArn=execution_arn)
+    except sfn.exceptions.ExecutionDoesNotExist:
+        raise OperatorError(f"no execution {execution_arn!r}: copy the ARN from the console or list-executions") from None
+    if ex["status"] not in ("FAILED", "TIMED_OUT", "ABORTED") or _kind(ex["stateMachineArn"], sfn) != "pipeline":
+        return None
+    payload = json.loads(ex.get("input") or "null")
+    lock_key = payload.get("lock_key") if isinstance(payload, dict) else None
+    if not lock_key:
+        return None
+    if not lock_table:
+        return ("a redriven pipeline runs its builders again: name the lock table (--table or MLBATCH_LOCK_TABLE) so "
+                "that replay can check the execution still owns its window's lock")
+    item = _lock_item(lock_table, lock_key, ddb or aws_client("dynamodb"))
+    lock = from_item(item) if item else {}
+    if lock.get("status") == "IN_PROGRESS" and lock.get("pipeline_execution_arn") == execution_arn:
+        return None
+    holder = lock.get("pipeline_execution_arn")
+    return (f"the window's lock {lock_key!r} is {lock.get('status', 'absent') if item else 'absent'}"
+            + ("" if holder in (None, execution_arn) else f" and names the pipeline run {holder}")
+            + ": this execution no longer owns it, so a redriven run would run both builders again and then fail "
+              "Pipeline.LockLost, while the next delivery, heal or sweep re-acquires the window beside it. "
+              + _window_owner(payload, execution_arn, lock_table, ddb))
 
 
 def start_replay(plan: dict, sfn=None) -> str:
