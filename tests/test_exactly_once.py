@@ -517,3 +517,24 @@ def test_a_forced_event_of_another_batch_stamped_a_done_windows_instant_collides
     assert sb.binding(FSV, folder(b)) is None
     assert sb.intake(event(a, FIRST)).output["status"] == "DUPLICATE_SUPPRESSED"
     assert sb.runs.per_folder() == {folder(a): 1}
+
+
+def test_a_backfill_unit_meeting_another_batchs_failed_window_collides_and_leaves_it_to_that_batch(flows):
+    # GIVEN batch A's live run failed in the window of its timestamp
+    sb, a, b = flows, new_batch(), new_batch()
+    sb.use_intake("pipeline", "DeltaBuilderFails")
+    failed = sb.intake(event(a, "2024-05-02T10:50:00Z"))
+    finish(sb, failed)
+    sb.use_intake("pipeline", "HappyPath")
+
+    # WHEN a backfill meets batch B, whose LastModified is that very instant, then A is retried
+    result = backfill(sb, [unit(b, "2024-05-02T10:50:00Z")])
+    retry = sb.intake(event(a, "2024-05-02T10:50:00Z"))
+    finish(sb, retry)
+
+    # THEN B collided (no binding left), A ran again in its own window: attempts count A's runs only
+    assert (result.output["started"], result.output["collided"]) == (0, 1)
+    assert sb.binding(FSV, folder(b)) is None
+    lock = sb.lock(failed.output["lock_key"])
+    assert (lock["status"], lock["mini_batch_id"], lock["attempts"]) == ("SUCCEEDED", a, 2)
+    assert sb.runs.per_folder() == {folder(a): 2}
