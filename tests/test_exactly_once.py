@@ -478,11 +478,6 @@ def _builders_run(sb, execution_arn: str) -> list[str]:
             and e["stateEnteredEventDetails"]["name"] != "Run the builders"]
 
 
-@pytest.mark.xfail(strict=True, reason="the pipeline runs its builders before it checks the lock: a console replay "
-                   "of a pipeline execution (docs/operating.md: every state machine accepts its own earlier input) "
-                   "runs both builders again and only then fails Pipeline.LockLost; fix: a first state that reads "
-                   "the lock (ConsistentRead) and rejects the run unless it is IN_PROGRESS with "
-                   "pipeline_execution_arn = $$.Execution.Id (+1 call, +2 transitions per pipeline run)")
 def test_a_console_replay_of_a_finished_pipeline_execution_runs_no_builder_again(flows):
     # GIVEN a batch whose pipeline ran and succeeded
     sb, batch = flows, new_batch()
@@ -496,7 +491,7 @@ def test_a_console_replay_of_a_finished_pipeline_execution_runs_no_builder_again
                             timeout=120)
 
     # THEN the replay starts no builder (the window's lock is not its own) and the lock is untouched
-    assert replay.status == "FAILED"
+    assert (replay.status, replay.error) == ("FAILED", "Pipeline.LockLost")
     assert _builders_run(sb, replay.arn) == []
     assert sb.lock(live.output["lock_key"])["status"] == "SUCCEEDED"
 

@@ -60,7 +60,8 @@ def test_event_through_intake_and_pipeline_ends_with_the_lock_succeeded(live, ev
         "pair_counts_job_arn": lock["pair_counts_job_arn"], "pair_counts_output_uri": lock["pair_counts_output_uri"],
     }
     entered = [s for s, t in path(live.engine.history(pipeline.arn)) if t.endswith("Entered")]
-    assert entered[:6] == ["Is the pipeline input complete?", "Get the project's builder settings",
+    assert entered[:8] == ["Is the pipeline input complete?", "Read the window lock", "Does this run hold the lock?",
+                           "Get the project's builder settings",
                            "Does the project override builder settings?", "Resolve the builder settings",
                            "Write the batch config", "Run the builders"]
     assert set(entered[6:8]) == {"Run the Delta Builder", "Run the Pair Counts Builder"}

@@ -69,8 +69,9 @@ ERRORS: dict[str, tuple[str, str]] = {
         "is re-acquired and runs again.",
     ),
     "Pipeline.LockLost": (
-        "Both builders succeeded, but the lock no longer belonged to this execution "
-        "(reset, or re-acquired after lock_release); the outputs were written but not recorded.",
+        "The window lock does not belong to this execution: at the start (a console replay of a pipeline "
+        "execution, or a pipeline started by hand: no builder ran), or at the end (reset, or re-acquired "
+        "after lock_release: the outputs were written but not recorded).",
         "Read the lock ledger: if the window's current run succeeded, nothing to do; otherwise replay.",
     ),
     "Pipeline.LockUpdateFailed": (
