@@ -64,8 +64,8 @@ def test_event_through_intake_and_pipeline_ends_with_the_lock_succeeded(live, ev
                            "Get the project's builder settings",
                            "Does the project override builder settings?", "Resolve the builder settings",
                            "Write the batch config", "Run the builders"]
-    assert set(entered[6:8]) == {"Run the Delta Builder", "Run the Pair Counts Builder"}
-    assert entered[8:] == ["Mark the lock succeeded", "Report the outputs"]
+    assert set(entered[8:10]) == {"Run the Delta Builder", "Run the Pair Counts Builder"}
+    assert entered[10:] == ["Mark the lock succeeded", "Report the outputs"]
 
 
 @pytest.mark.parametrize("case, reason", [("DeltaBuilderFails", "no parquet files under input"),
