@@ -263,8 +263,9 @@ def plan_replay(execution_arn: str, force: bool = False, reason: str | None = No
     plan = {"state_machine_arn": machine, "kind": kind, "status": ex["status"],
             "name": _free_name(machine, original, sfn), "input": payload}
     if kind == "pipeline":
-        plan["advice"] = ("A pipeline run finalizes only the lock it owns: a new pipeline execution would run "
-                          "the builders and then fail with Pipeline.LockLost. Replay the intake execution that "
+        plan["advice"] = ("A pipeline builds only as the run its window lock names: a new pipeline execution "
+                          "would stop at its lock check with Pipeline.LockLost, running no builder. Replay the "
+                          "intake execution that "
                           "started it (its input is the batch event); a FAILED window is re-acquired. "
                           + _window_owner(payload, execution_arn, lock_table, ddb)
                           + (" --redrive re-runs this very execution from its failed state: only while the lock is "
