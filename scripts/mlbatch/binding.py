@@ -70,10 +70,9 @@ def bound_window(unit: dict, binding: dict | None) -> tuple[str, str, str, dict 
     own = lock_key(unit)
     if binding is None or binding["window_lock_key"] == own:
         return own, unit["batch_start_ts_iso"], unit["batch_end_ts_iso"], None
-    start, end = binding.get("batch_start_ts_iso"), binding.get("batch_end_ts_iso")
-    if not (isinstance(start, str) and isinstance(end, str)):  # a partial binding: the key holds the window
-        parts = binding["window_lock_key"].split("#")
-        start, end = (parts[-2], parts[-1]) if len(parts) >= 4 else (start, end)
+    # a partial binding: its window lock key holds the window
+    start, end = _window_of(binding, binding["window_lock_key"]) or (binding.get("batch_start_ts_iso"),
+                                                                       binding.get("batch_end_ts_iso"))
     adopted_from = {"lock_key": own, "batch_start_ts_iso": unit["batch_start_ts_iso"],
                     "batch_end_ts_iso": unit["batch_end_ts_iso"]}
     return binding["window_lock_key"], start, end, adopted_from
@@ -93,17 +92,19 @@ def window_rank(lock: dict) -> tuple:
             acquired if isinstance(acquired, str) else "", lock["lock_key"])
 
 
-def _window_of(lock: dict) -> tuple[str, str] | None:
-    start, end = lock.get("batch_start_ts_iso"), lock.get("batch_end_ts_iso")
+def _window_of(item: dict, key: str) -> tuple[str, str] | None:
+    """(start, end) of a window lock or a binding: its own attributes, else the two last fields of
+    `key`, the window lock key (`<project>#<version>#<start>#<end>`); None when neither has them."""
+    start, end = item.get("batch_start_ts_iso"), item.get("batch_end_ts_iso")
     if isinstance(start, str) and isinstance(end, str):
         return start, end
-    parts = lock["lock_key"].split("#")
+    parts = key.split("#")
     return (parts[-2], parts[-1]) if len(parts) >= 4 else None
 
 
 def _binding_for(lock: dict, now: str) -> dict[str, str]:
     fsv, prefix = lock["feature_spec_version"], lock["mini_batch_s3_prefix"]
-    start, end = _window_of(lock)
+    start, end = _window_of(lock, lock["lock_key"])
     return {"item_type": BINDING_TYPE, "feature_spec_version": fsv, "mini_batch_s3_prefix": prefix,
             "project_name": str(lock.get("project_name") or lock["lock_key"].split("#")[0]),
             "mini_batch_id": str(lock.get("mini_batch_id") or prefix.rstrip("/").rsplit("/", 1)[-1]),
@@ -148,7 +149,7 @@ def plan_bind(table: str, ddb, project: str | None = None) -> BindPlan:
                 bindings[item["lock_key"]] = item
                 continue
             fsv, prefix = item.get("feature_spec_version"), item.get("mini_batch_s3_prefix")
-            if not (isinstance(fsv, str) and fsv and isinstance(prefix, str) and prefix) or _window_of(item) is None:
+            if not (isinstance(fsv, str) and fsv and isinstance(prefix, str) and prefix) or _window_of(item, item["lock_key"]) is None:
                 missing = [n for n, v in (("mini_batch_s3_prefix", prefix), ("feature_spec_version", fsv))
                            if not (isinstance(v, str) and v)]
                 plan.lines.append({"lock_key": item["lock_key"], "outcome": "unbindable",
