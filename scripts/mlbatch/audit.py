@@ -19,10 +19,10 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, TextIO
 
-from .binding import bound_window, read_bindings
+from .binding import bound_windows
 from .clients import throttle_hint
 from .extract import (_ENCODE, SUSPECT_AFTER_DAYS, UNIT_FIELDS, ExtractError, Extractor, _client, _ordered_map,
-                      batch_get, binding_key, lock_key, unit_dict)
+                      batch_get, lock_key, unit_dict)
 from .items import from_item
 from .settings import MAX_ATTEMPTS, STUCK_AFTER_MINUTES
 
@@ -266,15 +266,8 @@ class Auditor:
         """(lock key, start, end, window_adopted_from, binding) per unit, None for an unknown project:
         the bound window when the batch has a binding (one BatchGetItem for the whole batch of units),
         else the window its LastModified gives (ledgers from before bindings, other orchestrators)."""
-        bkeys = [binding_key(u["feature_spec_version"], u["mini_batch_s3_prefix"])
-                 if u["feature_spec_version"] is not None else None for u in units]
-        bindings = read_bindings(self.dynamodb, self.lock_table, list(dict.fromkeys(k for k in bkeys if k)),
-                                 on_call=lambda: self.extractor.report.count_call("BatchGetItem (ledger)"))
-        out = []
-        for unit, bkey in zip(units, bkeys):
-            binding = bindings.get(bkey) if bkey else None
-            out.append((*bound_window(unit, binding), binding) if bkey else None)
-        return out
+        return bound_windows(self.dynamodb, self.lock_table, units,
+                             on_call=lambda: self.extractor.report.count_call("BatchGetItem (ledger)"))
 
     def _bound_line(self, line: dict, window: tuple, lock: dict | None) -> None:
         """The line shows the bound window (and the LastModified one as window_adopted_from when they

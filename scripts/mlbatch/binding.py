@@ -18,7 +18,7 @@ from .failures import Failure
 from .items import from_item
 
 __all__ = ["BINDING_TYPE", "BINDING_FIELDS", "MIGRATION_BY", "kind", "is_binding", "read_bindings", "bound_window",
-           "window_rank", "BindPlan", "plan_bind", "apply_bind", "missing_bindings", "with_batches", "related"]
+           "bound_windows", "window_rank", "BindPlan", "plan_bind", "apply_bind", "missing_bindings", "with_batches", "related"]
 
 BINDING_TYPE = "batch_binding"
 #: Every attribute of a binding item (all strings), as the contract names them.
@@ -76,6 +76,17 @@ def bound_window(unit: dict, binding: dict | None) -> tuple[str, str, str, dict 
     adopted_from = {"lock_key": own, "batch_start_ts_iso": unit["batch_start_ts_iso"],
                     "batch_end_ts_iso": unit["batch_end_ts_iso"]}
     return binding["window_lock_key"], start, end, adopted_from
+
+
+def bound_windows(dynamodb, table: str, units: list[dict],
+                  on_call: Callable[[], None] | None = None) -> list[tuple | None]:
+    """Every reader's join of units (at most 100) with their bindings, one BatchGetItem: per unit
+    (lock key, start, end, window_adopted_from, binding) as :func:`bound_window` gives them, the
+    binding or None; None for a unit without feature_spec_version (an unknown project)."""
+    bkeys = [binding_key(u["feature_spec_version"], u["mini_batch_s3_prefix"])
+             if u.get("feature_spec_version") is not None else None for u in units]
+    bindings = read_bindings(dynamodb, table, list(dict.fromkeys(k for k in bkeys if k)), on_call=on_call)
+    return [(*bound_window(unit, bindings.get(k)), bindings.get(k)) if k else None for unit, k in zip(units, bkeys)]
 
 
 # --- the migration: `mlbatch locks bind` ------------------------------------------------------------
@@ -303,10 +314,8 @@ def run_adoptions(run: dict, lock_table: str, ddb, s3, artifacts_bucket: str | N
     out = []
     for n in range(0, len(readable), 100):
         chunk = readable[n:n + 100]
-        keys = [binding_key(u["feature_spec_version"], u["mini_batch_s3_prefix"]) for _, u in chunk]
-        bindings = read_bindings(ddb, lock_table, list(dict.fromkeys(keys)))
-        for (line, unit), key in zip(chunk, keys):
-            window, start, end, adopted_from = bound_window(unit, bindings.get(key))
+        for (line, unit), (window, start, end, adopted_from, _) in zip(
+                chunk, bound_windows(ddb, lock_table, [u for _, u in chunk])):
             if adopted_from:
                 out.append({"line": line, "mini_batch_id": unit.get("mini_batch_id"), "lock_key": window,
                             "batch_start_ts_iso": start, "batch_end_ts_iso": end, "window_adopted_from": adopted_from})

@@ -413,19 +413,17 @@ class Extractor:
         """(how many units' windows already hold a SUCCEEDED lock, the units that will adopt a bound
         window): per 100 units one BatchGetItem of their bindings, one of their windows' locks -- the
         bound window's when the batch has a binding, else the unit's own."""
-        from .binding import bound_window, read_bindings
+        from .binding import bound_windows
         done, adopting = 0, []
         count = lambda: self.report.count_call("BatchGetItem")  # noqa: E731
         for i in range(0, len(units), 100):
             chunk = units[i:i + 100]
-            bkeys = [binding_key(u["feature_spec_version"], u["mini_batch_s3_prefix"]) for u in chunk]
-            bindings = read_bindings(self.dynamodb, lock_table, list(dict.fromkeys(bkeys)), on_call=count)
-            windows = [bound_window(u, bindings.get(k)) for u, k in zip(chunk, bkeys)]
+            windows = bound_windows(self.dynamodb, lock_table, chunk, on_call=count)
             request = [{"lock_key": {"S": k}} for k in dict.fromkeys(w[0] for w in windows)]
             succeeded = {item["lock_key"]["S"] for item in batch_get(
                 self.dynamodb, lock_table, request, projection="#k, #s", names={"#k": "lock_key", "#s": "status"},
                 on_call=count) if item.get("status", {}).get("S") == "SUCCEEDED"}
-            for unit, (key, start, end, adopted_from) in zip(chunk, windows):
+            for unit, (key, start, end, adopted_from, _) in zip(chunk, windows):
                 done += key in succeeded
                 if adopted_from:
                     adopting.append({"mini_batch_id": unit["mini_batch_id"], "lock_key": key,
