@@ -71,14 +71,9 @@ def ago(**kw) -> str:
 
 @pytest.fixture(scope="module")
 def ingest(sandbox):
-    from moto.s3.models import s3_backends
-    s3 = boto3.client("s3", region_name="us-east-1")
-    s3.create_bucket(Bucket=BUCKET)
-    backend = s3_backends["123456789012"]["aws"]
+    boto3.client("s3", region_name="us-east-1").create_bucket(Bucket=BUCKET)
     for batch, (project, day, when) in FOLDERS.items():
-        k = f"acme/netsec/{project}/{day}/{batch}/part-0.json.gz"
-        s3.put_object(Bucket=BUCKET, Key=k, Body=b"{}")
-        backend.get_object(BUCKET, k).last_modified = when.replace(tzinfo=None)
+        sandbox.engine.put_object_at(BUCKET, f"acme/netsec/{project}/{day}/{batch}/part-0.json.gz", when)
     sandbox.put_defaults({**load_event("project_defaults"), "project_name": PROJECT, "feature_spec_version": FSV})
     # pipeline executions the stuck locks name: one still running (a long Wait), one that ended
     long = sandbox.engine.create_machine("audit-long-pipeline", {
@@ -223,14 +218,10 @@ def test_audit_a_lost_release_race_is_reported_not_healed(ledger):
 def test_audit_reads_the_ledger_in_batches_of_100_consistent_keys(ingest):
     """250 folders: 2 x ceil(250/100) = 6 BatchGetItem calls (the bindings, then the window locks),
     consistent reads, no GetItem."""
-    from moto.s3.models import s3_backends
     sb = ingest["sb"]
-    s3 = boto3.client("s3", region_name="us-east-1")
-    backend = s3_backends["123456789012"]["aws"]
     for i in range(250):
-        k = f"acme/bulk/{PROJECT}/2024/05/01/mb-{i:03d}/part-0.json.gz"
-        s3.put_object(Bucket=BUCKET, Key=k, Body=b"{}")
-        backend.get_object(BUCKET, k).last_modified = dt.datetime(2024, 5, 1, 0, 1) + dt.timedelta(minutes=5 * i)
+        sb.engine.put_object_at(BUCKET, f"acme/bulk/{PROJECT}/2024/05/01/mb-{i:03d}/part-0.json.gz",
+                                dt.datetime(2024, 5, 1, 0, 1) + dt.timedelta(minutes=5 * i))
     ddb = boto3.client("dynamodb", region_name="us-east-1")
     calls = []
     ddb.meta.events.register("before-parameter-build.dynamodb.*",
@@ -421,7 +412,6 @@ def test_audit_lists_folders_exactly_as_extract_does(ingest):
 def test_a_heal_through_the_backfill_leaves_no_gap(live):
     # GIVEN a day of batches in the ingestion bucket: one done, one never run, one failed, one stuck
     # behind a pipeline execution that has ended
-    from moto.s3.models import s3_backends
     from mlbatch.window import window_at
     ingest, project = live.template.parameters["IngestionBucketName"], "heal-proj"
     live.put_defaults({**load_event("project_defaults"), "project_name": project, "feature_spec_version": "fs-h"})
@@ -430,9 +420,8 @@ def test_a_heal_through_the_backfill_leaves_no_gap(live):
     ended = live.engine.run(live.pipeline_arn, {"not": "a pipeline input"})  # ends FAILED at once
     for hour, (batch, status) in enumerate(states.items(), start=1):
         key = f"acme/netsec/{project}/2024/06/01/{batch}/part-0.json.gz"
-        s3.put_object(Bucket=ingest, Key=key, Body=b"{}")
         when = dt.datetime(2024, 6, 1, hour, 10)
-        s3_backends["123456789012"]["aws"].get_object(ingest, key).last_modified = when
+        live.engine.put_object_at(ingest, key, when)
         if status:
             start, end = window_at(when.replace(tzinfo=UTC))
             live.set_lock({"lock_key": f"{project}#fs-h#{start}#{end}", "status": status, "mini_batch_id": batch,

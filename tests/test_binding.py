@@ -99,14 +99,9 @@ def bind(sb, batch: str, window: dict, source: str = "inference") -> dict:
 
 @pytest.fixture(scope="module")
 def ingest(sandbox):
-    from moto.s3.models import s3_backends
-    s3 = boto3.client("s3", region_name="us-east-1")
-    s3.create_bucket(Bucket=BUCKET)
-    backend = s3_backends["123456789012"]["aws"]
+    boto3.client("s3", region_name="us-east-1").create_bucket(Bucket=BUCKET)
     for batch, (when, _) in FOLDERS.items():
-        k = unit(batch)["representative_key"]
-        s3.put_object(Bucket=BUCKET, Key=k, Body=b"{}")
-        backend.get_object(BUCKET, k).last_modified = when.replace(tzinfo=None)
+        sandbox.engine.put_object_at(BUCKET, unit(batch)["representative_key"], when)
     sandbox.put_defaults({**load_event("project_defaults"), "project_name": PROJECT, "feature_spec_version": FSV})
     return sandbox
 

@@ -12,7 +12,6 @@ import io
 import json
 import time
 
-import boto3
 import pytest
 
 from mlbatch.audit import run_audit
@@ -32,16 +31,13 @@ LATER = dt.datetime.now(UTC) + dt.timedelta(days=1)
 
 def folders(sb, project: str, day: dt.date, batches: list[str]) -> list[dict]:
     """Batch folders in the ingestion bucket (one per hour of `day`), and their execution units."""
-    from moto.s3.models import s3_backends
     ingest = sb.template.parameters["IngestionBucketName"]
     sb.put_defaults({**load_event("project_defaults"), "project_name": project, "feature_spec_version": "fs-f"})
-    s3 = boto3.client("s3", region_name="us-east-1")
     units = []
     for hour, batch in enumerate(batches, start=1):
         folder = f"acme/netsec/{project}/{day:%Y/%m/%d}/{batch}/"
-        s3.put_object(Bucket=ingest, Key=folder + "part-0.json.gz", Body=b"{}")
         when = dt.datetime(day.year, day.month, day.day, hour, 10)
-        s3_backends["123456789012"]["aws"].get_object(ingest, folder + "part-0.json.gz").last_modified = when
+        sb.engine.put_object_at(ingest, folder + "part-0.json.gz", when)
         start, end = window_at(when.replace(tzinfo=UTC))
         units.append({"project_name": project, "org1": "acme", "org2": "netsec", "mini_batch_id": batch,
                       "mini_batch_s3_prefix": f"s3://{ingest}/{folder}", "feature_spec_version": "fs-f",

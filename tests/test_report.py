@@ -75,14 +75,9 @@ def chromium():
 @pytest.fixture(scope="module")
 def audited(sandbox, tmp_path_factory):
     """`mlbatch audit --json --html` over two days with one unit per state: (lines, summary, html path)."""
-    from moto.s3.models import s3_backends
-    s3 = boto3.client("s3", region_name="us-east-1")
-    s3.create_bucket(Bucket=BUCKET)
-    backend = s3_backends["123456789012"]["aws"]
+    boto3.client("s3", region_name="us-east-1").create_bucket(Bucket=BUCKET)
     for batch, (project, day, _) in FOLDERS.items():
-        k = f"acme/netsec/{project}/{day}/{batch}/part-0.json.gz"
-        s3.put_object(Bucket=BUCKET, Key=k, Body=b"{}")
-        backend.get_object(BUCKET, k).last_modified = _when(batch).replace(tzinfo=None)
+        sandbox.engine.put_object_at(BUCKET, f"acme/netsec/{project}/{day}/{batch}/part-0.json.gz", _when(batch))
     sandbox.put_defaults({**load_event("project_defaults"), "project_name": PROJECT, "feature_spec_version": FSV})
     sandbox.clear_locks()
 

@@ -10,6 +10,7 @@ out of the mock.
 """
 from __future__ import annotations
 
+import datetime as dt
 import json
 import logging
 import os
@@ -184,6 +185,16 @@ class Engine:
                 raise
         s3.create_bucket(Bucket=name)
         return "created"
+
+    def put_object_at(self, bucket: str, key: str, last_modified: dt.datetime, body: bytes = b"{}") -> None:
+        """Put an object whose S3 LastModified is `last_modified` (naive = UTC), as a producer's file of
+        that time: what the extractor, the audit and the backfill read a batch's window from. In-process
+        engine only (it sets moto's own record of the object)."""
+        from moto.core import DEFAULT_ACCOUNT_ID
+        from moto.s3.models import s3_backends
+        self.client("s3").put_object(Bucket=bucket, Key=key, Body=body)
+        s3_backends[DEFAULT_ACCOUNT_ID]["aws"].get_object(bucket, key).last_modified = \
+            last_modified.astimezone(dt.timezone.utc).replace(tzinfo=None) if last_modified.tzinfo else last_modified
 
     def _put_machine(self, name: str, definition: str, kind: str = "STANDARD") -> tuple[str, str]:
         """(ARN, created | updated | unchanged) of the state machine `name` with this definition."""
