@@ -151,6 +151,23 @@ def test_a_successful_build_whose_lock_write_is_throttled_names_its_outputs(live
     assert live.lock(intake.output["lock_key"])["status"] == "IN_PROGRESS"
 
 
+def test_a_pipeline_whose_lock_check_is_throttled_builds_nothing_and_records_the_failure(live, event):
+    # GIVEN a pipeline whose first read, the check that it holds the window lock, is throttled past its retries
+    live.use_intake("pipeline", "LockCheckThrottled")
+
+    # WHEN the intake starts it
+    intake = live.intake(event)
+    pipeline = live.engine.wait(intake.output["pipeline_execution_arn"], timeout=120)
+
+    # THEN no builder ran, the lock it held is FAILED with the read's error, and the cause says so
+    entered = [name for name, kind in path(live.engine.history(pipeline.arn)) if kind.endswith("Entered")]
+    assert not any(name.startswith("Run the") for name in entered)
+    assert (pipeline.status, pipeline.error) == ("FAILED", "Pipeline.BuildFailed")
+    assert THROTTLED in pipeline.cause and "The lock is FAILED" in pipeline.cause
+    lock = live.lock(intake.output["lock_key"])
+    assert (lock["status"], lock["error"], lock["attempts"]) == ("FAILED", THROTTLED, 1)
+
+
 def test_lock_release_whose_write_is_throttled_says_so_and_the_audit_heals_the_window(live):
     # GIVEN a batch folder, its live event, and a pipeline whose final lock write is throttled
     day = dt.date(2024, 7, 1)
